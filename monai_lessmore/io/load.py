@@ -1,0 +1,155 @@
+"""One entry point for every format: :func:`load_volume` and :func:`read_slice` pick the reader from the path.
+
+Supported inputs (spec section 2): NIfTI files (``.nii``, ``.nii.gz``, :mod:`~monai_lessmore.io.nifti`), NRRD and
+MetaImage files (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, :mod:`~monai_lessmore.io.itk_reader`), DICOM series
+folders (:mod:`~monai_lessmore.io.dicom`) and the authors' slice folders (:mod:`~monai_lessmore.io.slice_folder`),
+whose volumes are addressed as ``"<folder>/<volume id>"``. Every reader returns the same
+:class:`~monai_lessmore.io.volume.Volume` layout: ``(S, H, W)`` ``float32``, slices inferior -> superior.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import numpy as np
+
+from monai_lessmore.io.dicom import folder_has_dicom, is_dicom_file, load_dicom_series, read_dicom_slice
+from monai_lessmore.io.itk_reader import is_itk_path, load_itk
+from monai_lessmore.io.nifti import is_nifti_path, load_nifti, read_nifti_slice
+from monai_lessmore.io.slice_folder import (
+    SLICE_NAME_PATTERN,
+    load_slice_volume,
+    read_slice_volume_slice,
+    resolve_slice_volume,
+    validate_order,
+)
+from monai_lessmore.io.volume import Volume, VolumeReadError
+
+__all__ = ["SUPPORTED_FORMATS", "detect_volume_kind", "load_volume", "read_slice"]
+
+SUPPORTED_FORMATS = (
+    "NIfTI files (.nii, .nii.gz); NRRD/MetaImage files (.nrrd, .nhdr, .mha, .mhd); a folder holding one DICOM "
+    "series; a folder of 8-bit slices named <volume>_<index>.png|.jpg (one volume addressed as "
+    "<folder>/<volume id>)"
+)
+
+_Kind = Literal["nifti", "itk", "dicom", "slices"]
+
+
+def detect_volume_kind(path: str | os.PathLike) -> tuple[_Kind, tuple[str, str] | None]:
+    """Which reader handles ``path``: ``(kind, (folder, volume id) for slice volumes else None)``.
+
+    Raises:
+        VolumeReadError: nonexistent path, unsupported extension, single DICOM/slice file, empty folder, folder
+            with several slice volumes.
+    """
+    p = os.fspath(path)
+    if os.path.isfile(p):
+        if is_nifti_path(p):
+            return "nifti", None
+        if is_itk_path(p):
+            return "itk", None
+        name = os.path.basename(p)
+        parent = os.path.dirname(p) or "."
+        if p.lower().endswith(".dcm") or is_dicom_file(p):
+            raise VolumeReadError(
+                f"{p}: is a single DICOM file; pass the folder holding its whole series instead ({parent})"
+            )
+        match = SLICE_NAME_PATTERN.match(name)
+        if match:
+            raise VolumeReadError(
+                f"{p}: is a single slice image; pass its volume as {os.path.join(parent, match['volume'])} "
+                "(or read one slice with read_slice)"
+            )
+        raise VolumeReadError(f"{p}: unsupported file type; supported: {SUPPORTED_FORMATS}")
+    if os.path.isdir(p):
+        if folder_has_dicom(p):
+            return "dicom", None
+        address = resolve_slice_volume(p)
+        if address is not None:
+            return "slices", address
+        with os.scandir(p) as entries:
+            names = [e.name for e in entries if not e.name.startswith(".")]
+        if not names:
+            raise VolumeReadError(f"{p}: the folder is empty; pass a volume file or a folder holding one volume")
+        raise VolumeReadError(
+            f"{p}: the folder holds no volume directly (no DICOM files and no slices named <volume>_<index>.png|.jpg); "
+            f"to find volumes in its subfolders use discover_volumes(); supported: {SUPPORTED_FORMATS}"
+        )
+    address = resolve_slice_volume(p)
+    if address is not None:
+        return "slices", address
+    raise VolumeReadError(f"{p}: no such file or folder (nor a '<slice folder>/<volume id>' address)")
+
+
+def load_volume(path: str | os.PathLike, *, order: str = "index") -> Volume:
+    """Read a CT volume as an axial ``(S, H, W)`` ``float32`` stack, slices inferior -> superior.
+
+    Args:
+        path: a NIfTI/NRRD/MetaImage file, a DICOM series folder, a slice-folder volume
+            ``"<folder>/<volume id>"`` or a slice folder holding one volume.
+        order: slice folders only: ``"index"`` (numeric, anatomical; default) or ``"filename"`` (the authors'
+            plain string sort of file names, ``_10`` before ``_9``). The other formats have one anatomical order
+            and ignore it.
+
+    Returns:
+        :class:`~monai_lessmore.io.volume.Volume`.
+
+    Raises:
+        VolumeReadError: the path cannot be read as a volume; the message names the file, the problem and the fix.
+        ValueError: ``order`` is not ``"index"`` or ``"filename"``.
+    """
+    validate_order(order)
+    kind, address = detect_volume_kind(path)
+    if kind == "nifti":
+        return load_nifti(path)
+    if kind == "itk":
+        return load_itk(path)
+    if kind == "dicom":
+        return load_dicom_series(path)
+    folder, volume_id = address  # type: ignore[misc]
+    return load_slice_volume(folder, volume_id, order=order)
+
+
+def read_slice(path: str | os.PathLike, index: int, *, order: str = "index") -> np.ndarray:
+    """Read one slice, equal to ``load_volume(path, order=order).array[index]``, reading only what it needs.
+
+    NIfTI: one slice of the stored slice axis through nibabel's array proxy. DICOM: the one file (the sorted file
+    list comes from headers only and is cached per folder). Slice folders: the one image. NRRD/MetaImage files
+    are read whole.
+
+    Args:
+        path: as :func:`load_volume`.
+        index: slice index; negative counts from the end.
+        order: as :func:`load_volume`.
+
+    Returns:
+        ``(H, W)`` ``float32``.
+
+    Raises:
+        IndexError: ``index`` is outside the volume.
+        VolumeReadError: as :func:`load_volume`.
+    """
+    validate_order(order)
+    index = _as_index(index)
+    kind, address = detect_volume_kind(path)
+    if kind == "nifti":
+        return read_nifti_slice(path, index)
+    if kind == "dicom":
+        return read_dicom_slice(path, index)
+    if kind == "itk":
+        array = load_itk(path).array
+        if not -len(array) <= index < len(array):
+            raise IndexError(
+                f"slice index {index} is out of range for {os.fspath(path)}, which has {len(array)} slices"
+            )
+        return np.ascontiguousarray(array[index])
+    folder, volume_id = address  # type: ignore[misc]
+    return read_slice_volume_slice(folder, volume_id, index, order=order)
+
+
+def _as_index(index: int) -> int:
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index must be an integer slice index, got {index!r} ({type(index).__name__})")
+    return int(index)

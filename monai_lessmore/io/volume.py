@@ -1,0 +1,84 @@
+"""The in-memory CT volume every reader returns, and the one error type they raise.
+
+A :class:`Volume` is a stack of axial slices with the slice axis first, ordered inferior -> superior: the unit the
+paper's reduction works on ("reduce near-duplicate slices within each volume", Wolf et al. 2024, section 2.1;
+spec section 2). Each reader documents how it maps its format onto this layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["Volume", "VolumeReadError", "VolumeKind"]
+
+VolumeKind = Literal["nifti", "dicom", "itk", "slices"]
+
+
+class VolumeReadError(ValueError):
+    """A volume could not be read; the message names the file, the problem and how to fix it."""
+
+
+@dataclass(eq=False)  # arrays do not compare to one bool
+class Volume:
+    """One CT volume as a stack of axial slices.
+
+    Attributes:
+        name: short identifier: the file name without extension, the DICOM series folder name, or the volume id
+            of a slice folder (``<volume>`` in ``<volume>_<index>.png``).
+        source: the path that was read (``"<folder>/<volume id>"`` for a slice-folder volume).
+        array: ``(S, H, W)`` ``float32``, slice axis first, slices inferior -> superior. Hounsfield units for CT
+            (NIfTI/DICOM/ITK); the 8-bit values as ``float32`` for slice folders.
+        kind: ``"nifti"``, ``"dicom"``, ``"itk"`` or ``"slices"``.
+        is_uint8_rendered: ``True`` for slice folders, whose slices the authors' pipeline already min-max rendered
+            to 8 bit: hash them as they are instead of rendering them again.
+        slice_sources: one file per slice, in the order of ``array`` (DICOM series, slice folders); ``None`` for
+            single-file volumes.
+        meta: format details. Keys every reader sets: ``"spacing"`` (mm along ``(S, H, W)``, ``None`` for slice
+            folders), ``"affine"`` (4x4 RAS affine of *this* array's indices ``(s, h, w)``, ``None`` for slice
+            folders) and ``"nonfinite_voxels"`` (count of NaN/Inf voxels; the reader never rejects them, the
+            reducer decides). Readers add their own keys (see each reader's module docstring).
+    """
+
+    name: str
+    source: str
+    array: np.ndarray
+    kind: VolumeKind
+    is_uint8_rendered: bool = False
+    slice_sources: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_slices(self) -> int:
+        """Number of slices ``S``."""
+        return int(self.array.shape[0])
+
+    def original_slice(self, index: int) -> np.ndarray:
+        """Slice ``index`` without the zero padding a slice folder with mixed image sizes gets.
+
+        Slice-folder volumes whose images differ in size are padded at the bottom/right to a common ``(H, W)`` and
+        record each image's own size in ``meta["slice_shapes"]``; for every other volume this is ``array[index]``.
+        """
+        shapes = self.meta.get("slice_shapes")
+        if shapes is None:
+            return self.array[index]
+        height, width = shapes[index]
+        return self.array[index, :height, :width]
+
+    def slices(self) -> np.ndarray | list[np.ndarray]:
+        """What to reduce: ``array``, or for a slice folder with mixed image sizes the list of unpadded slices.
+
+        :class:`~monai_lessmore.reduction.SliceReducer` hashes each image at its own size (as ``imagehash`` does on
+        the authors' PNG files) and zero-pads only for pixel-wise measures.
+        """
+        if self.meta.get("slice_shapes") is None:
+            return self.array
+        return [self.original_slice(i) for i in range(self.num_slices)]
+
+    def __repr__(self) -> str:
+        return (
+            f"Volume(name={self.name!r}, kind={self.kind!r}, shape={tuple(self.array.shape)}, "
+            f"source={self.source!r})"
+        )

@@ -1,0 +1,160 @@
+"""Tests for monai_lessmore.io.nifti: the slice axis from the affine, the LPS view, lazy slices, bad files."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_lessmore.io import VolumeReadError, load_volume, read_slice
+from monai_lessmore.io.nifti import load_nifti, nifti_volume_name, read_nifti_slice
+from tests.conftest import shared_data_path
+from tests.io.conftest import lps_to_ras, random_volume, write_nifti
+
+REAL_NIFTI = [
+    # (file, expected (S, H, W)); the stored shapes and axis codes are listed in ../shared/data/README.md
+    ("invesalius_cranium_head_ct.nii.gz", (108, 256, 256)),  # stored (x, y, z) 256x256x108, RAS
+    ("totalseg_aorta_ct_cropped.nii.gz", (164, 126, 120)),  # stored 120x126x164, LPS
+    ("totalseg_example_ct.nii.gz", (112, 101, 122)),
+    ("totalseg_example_ct_sm.nii.gz", (30, 101, 122)),
+    ("totalseg_pulmonary_ct_cropped.nii.gz", (112, 102, 122)),
+]
+
+
+def _ras_xyz(stack_shw: np.ndarray) -> np.ndarray:
+    """The (S, H, W) LPS-view stack as the (x, y, z) array of a RAS NIfTI (x runs L->R, y P->A, z I->S)."""
+    return stack_shw.transpose(2, 1, 0)[::-1, ::-1, :]
+
+
+def test_ras_file_gives_lps_view(tmp_path, rng):
+    stack = random_volume(rng, (4, 5, 6))  # the expected (S, H, W)
+    path = write_nifti(tmp_path / "ras.nii.gz", np.ascontiguousarray(_ras_xyz(stack)))  # identity affine = RAS
+    vol = load_volume(path)
+    np.testing.assert_array_equal(vol.array, stack)
+    assert vol.array.dtype == np.float32 and vol.array.flags.c_contiguous
+    assert vol.kind == "nifti" and vol.name == "ras" and vol.slice_sources is None
+    assert vol.meta["orientation"] == ("R", "A", "S") and vol.meta["slice_axis"] == 2
+    assert not vol.meta["slice_axis_flipped"] and vol.meta["nonfinite_voxels"] == 0
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+@pytest.mark.parametrize("flip_slices", [False, True])
+def test_slice_axis_taken_from_affine_not_position(tmp_path, rng, perm, flip_slices):
+    stack = random_volume(rng, (4, 5, 6))
+    lps_xyz = stack.transpose(2, 1, 0)  # x: R->L (L+), y: A->P (P+), z: I->S
+    affine_lps = np.eye(4)
+    if flip_slices:  # store slices superior -> inferior
+        lps_xyz = lps_xyz[:, :, ::-1]
+        affine_lps[2, 2] = -1.0
+    data = np.ascontiguousarray(lps_xyz.transpose(perm))
+    affine_lps[:, :3] = affine_lps[:, list(perm)]
+    vol = load_volume(write_nifti(tmp_path / "v.nii", data, lps_to_ras(affine_lps)))
+    np.testing.assert_array_equal(vol.array, stack)
+    assert vol.meta["slice_axis"] == perm.index(2)
+    assert vol.meta["slice_axis_flipped"] == flip_slices
+    for index in (0, 2, -1):
+        np.testing.assert_array_equal(read_slice(vol.source, index), vol.array[index])
+
+
+def test_spacing_and_affine_follow_the_output(tmp_path, rng):
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    vol = load_volume(write_nifti(tmp_path / "s.nii.gz", random_volume(rng, (3, 4, 5)), affine))
+    assert vol.meta["spacing"] == pytest.approx((2.5, 0.9, 0.8))
+    np.testing.assert_allclose(vol.meta["original_affine"], affine, rtol=1e-6)  # stored as float32
+    assert nib.aff2axcodes(vol.meta["affine"]) == ("S", "P", "L")
+
+
+def test_scl_slope_and_inter_applied(tmp_path, rng):
+    raw = random_volume(rng, (3, 4, 5), 0, 100)
+    path = write_nifti(tmp_path / "scaled.nii", raw)
+    # nibabel recomputes the scaling when saving an array, so patch scl_slope/scl_inter (bytes 112..119) directly
+    data = bytearray(path.read_bytes())
+    data[112:120] = np.array([2.0, -1024.0], dtype="<f4").tobytes()
+    path.write_bytes(bytes(data))
+    vol = load_nifti(path)
+    np.testing.assert_array_equal(vol.array, (raw.transpose(2, 1, 0)[:, ::-1, ::-1] * 2.0 - 1024.0))
+    np.testing.assert_array_equal(read_nifti_slice(path, 1), vol.array[1])
+
+
+def test_single_slice_volume_is_allowed(tmp_path, rng):
+    vol = load_volume(write_nifti(tmp_path / "one.nii.gz", random_volume(rng, (6, 7, 1))))
+    assert vol.array.shape == (1, 7, 6)
+
+
+def test_trailing_size_one_dims_are_squeezed(tmp_path, rng):
+    data = random_volume(rng, (3, 4, 5, 1))
+    path = write_nifti(tmp_path / "t1.nii.gz", data)
+    vol = load_volume(path)
+    assert vol.array.shape == (5, 4, 3)
+    np.testing.assert_array_equal(read_slice(path, 3), vol.array[3])
+
+
+def test_nonfinite_voxels_are_counted_not_rejected(tmp_path):
+    data = np.zeros((3, 4, 5), np.float32)
+    data[0, 0, 0], data[1, 1, 1], data[2, 2, 2] = np.nan, np.inf, -np.inf
+    vol = load_volume(write_nifti(tmp_path / "nan.nii.gz", data))
+    assert vol.meta["nonfinite_voxels"] == 3
+
+
+def test_2d_nifti_is_an_error(tmp_path):
+    path = write_nifti(tmp_path / "flat.nii.gz", np.zeros((8, 9), np.int16))
+    with pytest.raises(VolumeReadError, match=r"flat\.nii\.gz.*2D image.*\(X, Y, 1\)"):
+        load_volume(path)
+
+
+def test_4d_with_time_points_is_an_error(tmp_path):
+    path = write_nifti(tmp_path / "fmri.nii.gz", np.zeros((4, 4, 3, 2), np.int16))
+    with pytest.raises(VolumeReadError, match=r"fmri\.nii\.gz.*2 time points.*one 3D volume"):
+        load_volume(path)
+    with pytest.raises(VolumeReadError, match="time points"):
+        read_slice(path, 0)
+
+
+def test_truncated_gzip_is_an_error(tmp_path, rng):
+    path = write_nifti(tmp_path / "cut.nii.gz", random_volume(rng, (16, 16, 16)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VolumeReadError, match=r"cut\.nii\.gz.*truncated or corrupt.*re-download"):
+        load_volume(path)
+    with pytest.raises(VolumeReadError, match=r"cut\.nii\.gz"):
+        read_slice(path, 15)
+
+
+def test_truncated_plain_nifti_is_an_error(tmp_path, rng):
+    path = write_nifti(tmp_path / "cut.nii", random_volume(rng, (16, 16, 16)))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(VolumeReadError, match=r"cut\.nii"):
+        load_volume(path)
+
+
+def test_not_a_nifti_is_an_error(tmp_path):
+    path = tmp_path / "fake.nii.gz"
+    path.write_bytes(gzip.compress(b"definitely not a nifti header" * 20))
+    with pytest.raises(VolumeReadError, match=r"fake\.nii\.gz.*not a readable NIfTI"):
+        load_volume(path)
+
+
+def test_read_slice_index_out_of_range(tmp_path, rng):
+    path = write_nifti(tmp_path / "v.nii.gz", random_volume(rng, (3, 4, 5)))
+    with pytest.raises(IndexError, match=r"index 5 .*v\.nii\.gz.*5 slices"):
+        read_slice(path, 5)
+
+
+def test_volume_name_strips_extensions():
+    assert nifti_volume_name("/a/b/case.01.nii.gz") == "case.01"
+    assert nifti_volume_name("x.NII") == "x"
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(("name", "shape"), REAL_NIFTI)
+def test_real_nifti(name, shape):
+    path = shared_data_path("ct", "nifti", name)
+    vol = load_volume(path)
+    assert vol.array.shape == shape
+    assert vol.meta["orientation"][vol.meta["slice_axis"]] in ("S", "I")
+    assert -2048 <= float(vol.array.min()) <= -900  # air in HU
+    assert float(vol.array.max()) > 1000  # bone / contrast in HU
+    for index in (0, shape[0] // 2, shape[0] - 1):
+        np.testing.assert_array_equal(read_slice(path, index), vol.array[index])
