@@ -1,0 +1,299 @@
+"""Reduce the slices of one volume: render -> score pairs -> select (spec section 2).
+
+:class:`SliceReducer` is the single entry point used by the transforms, the dataset filter and the command line;
+it holds only JSON-serialisable settings so a bundle config can build it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from monai_lessmore.reduction.methods import get_method, pairwise_scores, validate_threshold
+from monai_lessmore.reduction.preprocess import to_uint8, validate_window
+from monai_lessmore.reduction.selection import (
+    select_all,
+    select_every_n,
+    select_greedy,
+    select_leader,
+    select_leader_count,
+    target_count,
+)
+
+__all__ = ["SliceReducer", "ReductionResult", "ALGORITHMS"]
+
+ALGORITHMS = ("leader", "greedy")
+
+
+def _dhash_mixed(slices: list[np.ndarray]) -> np.ndarray:
+    """dHashes of 2D uint8 slices of different sizes, batched per size, in the input order."""
+    from monai_lessmore.reduction.dhash import dhash
+
+    out = np.zeros(len(slices), dtype=np.uint64)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(slices):
+        by_shape.setdefault(s.shape, []).append(i)
+    for idx in by_shape.values():
+        out[idx] = dhash(np.stack([slices[i] for i in idx]))
+    return out
+
+
+def _pad_stack(slices: list[np.ndarray]) -> np.ndarray:
+    """Stack 2D slices, zero-padding each at the bottom/right to the largest height and width."""
+    height = max(s.shape[0] for s in slices)
+    width = max(s.shape[1] for s in slices)
+    out = np.zeros((len(slices), height, width), dtype=slices[0].dtype)
+    for i, s in enumerate(slices):
+        out[i, : s.shape[0], : s.shape[1]] = s
+    return out
+
+
+@dataclass
+class ReductionResult:
+    """What was kept of one volume.
+
+    Attributes:
+        kept: sorted indices (in the volume's slice order) of the kept slices.
+        n_slices: number of slices of the volume.
+        hashes: 16-hex-digit dHash of every slice (``str(imagehash.dhash(...))`` of its 8-bit rendering).
+        threshold: the threshold applied, on the method's own scale (for target-count leader selection, the one
+            the search settled on); ``None`` when no threshold applies.
+        seconds: wall time of the reduction.
+    """
+
+    kept: np.ndarray
+    n_slices: int
+    hashes: list[str] = field(default_factory=list)
+    threshold: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept.size)
+
+    @property
+    def fraction(self) -> float:
+        return self.n_kept / self.n_slices if self.n_slices else 0.0
+
+    @property
+    def mask(self) -> np.ndarray:
+        m = np.zeros(self.n_slices, dtype=bool)
+        m[self.kept] = True
+        return m
+
+
+class SliceReducer:
+    """Remove near-duplicate slices within one volume.
+
+    Args:
+        method: ``"hash"`` (default, the paper's best), ``"ssim"``, ``"mi"``, ``"deepnet"``, ``"everyn"`` or
+            ``"all"``; see :mod:`monai_lessmore.reduction.methods` for each threshold's scale.
+        threshold: similarity threshold (inclusive). HASH defaults to 6 (HASH-6) when no fraction/count is given.
+        fraction: keep this fraction of each volume's slices, in (0, 1] (the paper's "reduce to 10 %").
+        count: keep this many slices of each volume (alternative to ``fraction``).
+        algorithm: ``"leader"`` (the authors' released code) or ``"greedy"`` (the paper's text). ``None`` picks
+            ``leader`` for threshold selection and ``greedy`` for a target fraction/count, as the paper did.
+        every_n: for ``everyn``: keep slices ``0, n, 2n, ...`` (default 10 when no fraction/count is given).
+        window: optional HU window ``(low, high)`` for rendering; default per-slice min-max (the authors').
+        device: ``"cpu"`` or ``"cuda"`` for SSIM/MI/DeepNet.
+        bins: histogram bins for MI.
+        deepnet_weights: ``"imagenet"`` (local torch cache only), a state-dict path, or ``"random"`` (tests).
+
+    Raises:
+        ValueError: for settings that do not fit together, naming the argument and the fix.
+    """
+
+    def __init__(
+        self,
+        method: str = "hash",
+        threshold: float | None = None,
+        fraction: float | None = None,
+        count: int | None = None,
+        algorithm: str | None = None,
+        every_n: int | None = None,
+        window: Sequence[float] | None = None,
+        device: str = "cpu",
+        bins: int = 100,
+        deepnet_weights: str | None = "imagenet",
+    ) -> None:
+        self.spec = get_method(method)
+        self.method = self.spec.name
+        if fraction is not None and count is not None:
+            raise ValueError(f"give fraction or count, not both (got fraction={fraction!r}, count={count!r})")
+        if fraction is not None:
+            target_count(1, fraction=fraction)  # validates the range
+        if count is not None:
+            target_count(1, count=count)
+        self.fraction = None if fraction is None else float(fraction)
+        self.count = None if count is None else int(count)
+        targeted = self.fraction is not None or self.count is not None
+
+        if self.method == "all":
+            if threshold is not None or targeted or every_n is not None:
+                raise ValueError("method 'all' keeps every slice and takes no threshold, fraction, count or every_n")
+        elif self.method == "everyn":
+            if threshold is not None:
+                raise ValueError("method 'everyn' takes every_n or fraction/count, not threshold")
+            if every_n is not None and targeted:
+                raise ValueError("give every_n or fraction/count for method 'everyn', not both")
+            if every_n is None and not targeted:
+                every_n = 10
+            if every_n is not None:
+                select_every_n(1, n=every_n)  # validates
+        else:
+            if every_n is not None:
+                raise ValueError(f"every_n applies to method 'everyn' only, not {self.method!r}")
+            if threshold is None and not targeted:
+                if self.spec.default_threshold is None:
+                    raise ValueError(
+                        f"method {self.method!r} needs a threshold (scale {self.spec.threshold_range}) or a fraction"
+                    )
+                threshold = self.spec.default_threshold
+            if threshold is not None:
+                threshold = validate_threshold(self.spec, threshold)
+        self.threshold = threshold
+        self.every_n = None if every_n is None else int(every_n)
+
+        if algorithm is None:
+            algorithm = "greedy" if targeted and threshold is None else "leader"
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+        if algorithm == "leader" and threshold is not None and targeted:
+            raise ValueError(
+                "the leader algorithm takes a threshold or a target fraction/count, not both; "
+                "use algorithm='greedy' to stop at whichever comes first"
+            )
+        self.algorithm = algorithm
+        self.window = validate_window(window)
+        if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
+        self.device = str(device)
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+            raise ValueError(f"bins must be an integer >= 2 for MI histograms, got {bins!r}")
+        self.bins = int(bins)
+        self.deepnet_weights = deepnet_weights
+        self._embedder = None
+
+    # ------------------------------------------------------------------ settings
+    def params(self) -> dict[str, Any]:
+        """The settings that decide the result, as a JSON-serialisable dict (used in cache keys and summaries)."""
+        out: dict[str, Any] = {
+            "method": self.method,
+            "threshold": self.threshold,
+            "fraction": self.fraction,
+            "count": self.count,
+            "algorithm": self.algorithm if self.spec.needs_scores else None,
+            "every_n": self.every_n,
+            "window": list(self.window) if self.window else None,
+        }
+        if self.method == "mi":
+            out["bins"] = self.bins
+        if self.method == "deepnet":
+            out["deepnet_weights"] = str(self.deepnet_weights)
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if v is not None)
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ work
+    def render(self, slices: np.ndarray | Sequence[np.ndarray], *, rendered: bool = False) -> np.ndarray | list[np.ndarray]:
+        """8-bit slices for the similarity measures.
+
+        Args:
+            slices: ``(S, H, W)`` HU values (or already-rendered 8-bit values when ``rendered``), or a list of 2D
+                slices that may differ in size (slice folders with mixed image sizes).
+            rendered: the slices are already the authors' 8-bit images (slice folders): used as they are.
+
+        Returns:
+            A ``(S, H, W)`` uint8 array, or a list of 2D uint8 slices for a list of mixed sizes.
+        """
+        if not isinstance(slices, np.ndarray) and not hasattr(slices, "shape"):
+            items = [np.asarray(s) for s in slices]
+            if any(s.ndim != 2 for s in items):
+                raise ValueError(f"a list of slices must hold 2D arrays, got shapes {[s.shape for s in items][:5]}")
+            if len({s.shape for s in items}) <= 1:
+                return self.render(np.stack(items) if items else np.zeros((0, 1, 1)), rendered=rendered)
+            return [self.render(s[None], rendered=rendered)[0] for s in items]
+        arr = np.asarray(slices)
+        if arr.ndim != 3:
+            raise ValueError(f"a volume must be (S, H, W) with the slice axis first, got shape {arr.shape}")
+        if rendered:
+            if arr.dtype == np.uint8:
+                return arr
+            if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255 or not np.array_equal(arr, np.rint(arr)):
+                raise ValueError("rendered slices must hold integer values 0..255 (8-bit images)")
+            return arr.astype(np.uint8)
+        return to_uint8(arr, window=self.window)
+
+    def _embedder_factory(self):
+        if self._embedder is None:
+            from monai_lessmore.reduction.deepnet import ResNet50Embedder
+
+            self._embedder = ResNet50Embedder(weights=self.deepnet_weights, device=self.device)
+        return self._embedder
+
+    def reduce(self, slices: np.ndarray | Sequence[np.ndarray], *, rendered: bool = False) -> ReductionResult:
+        """Select the slices to keep of one volume.
+
+        Args:
+            slices: ``(S, H, W)`` array, slice axis first, in the order selection should visit the slices; or a
+                list of 2D slices of mixed sizes (:meth:`monai_lessmore.io.Volume.slices`): each is hashed at its
+                own size, and pixel-wise measures (SSIM, MI, DeepNet) see them zero-padded at the bottom/right to
+                the largest size.
+            rendered: ``slices`` are already 8-bit renderings (slice folders); otherwise they are rendered with
+                :func:`~monai_lessmore.reduction.preprocess.to_uint8`.
+
+        Returns:
+            The kept indices, every slice's dHash and the threshold used.
+        """
+        from monai_lessmore.reduction.dhash import dhash, hash_to_hex
+
+        start = time.perf_counter()
+        u8 = self.render(slices, rendered=rendered)
+        if isinstance(u8, list):
+            hashes = _dhash_mixed(u8)
+            u8 = _pad_stack(u8)
+        else:
+            hashes = dhash(u8) if u8.shape[0] else np.zeros(0, dtype=np.uint64)
+        n = u8.shape[0]
+        if n == 0:
+            raise ValueError("the volume has no slices")
+        threshold_used: float | None = self.threshold
+        targeted = self.fraction is not None or self.count is not None
+        k = target_count(n, fraction=self.fraction, count=self.count) if targeted else None
+
+        if self.method == "all":
+            kept = select_all(n)
+        elif self.method == "everyn":
+            kept = select_every_n(n, n=self.every_n) if k is None else select_every_n(n, count=k)
+        elif n == 1:
+            kept = select_all(1)
+        else:
+            scores = pairwise_scores(
+                self.spec,
+                u8,
+                hashes=hashes,
+                device=self.device,
+                bins=self.bins,
+                embedder_factory=self._embedder_factory,
+            )
+            thr = None if self.threshold is None else self.spec.threshold_to_score(self.threshold)
+            if self.algorithm == "leader":
+                if k is None:
+                    kept = select_leader(scores, thr)
+                else:
+                    kept, used = select_leader_count(scores, k)
+                    threshold_used = self.spec.score_to_threshold(used)
+            else:
+                kept = select_greedy(scores, threshold=thr, count=k)
+        return ReductionResult(
+            kept=np.asarray(kept, dtype=np.int64),
+            n_slices=n,
+            hashes=hash_to_hex(hashes),
+            threshold=threshold_used,
+            seconds=time.perf_counter() - start,
+        )

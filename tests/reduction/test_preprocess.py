@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monai_lessmore.reduction.preprocess import to_uint8, validate_window
+
+
+def test_per_slice_min_max_matches_the_authors_png_export():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 300, size=(4, 16, 16)).astype(np.float32)
+    vol[1] += 2000  # another range on another slice: each slice is scaled on its own
+    out = to_uint8(vol)
+    assert out.dtype == np.uint8 and out.shape == vol.shape
+    for sl, o in zip(vol.astype(np.float64), out):
+        ref = np.rint((sl - sl.min()) / (sl.max() - sl.min()) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(o, ref)
+        assert o.min() == 0 and o.max() == 255
+
+
+def test_constant_slice_becomes_zeros_and_2d_input_stays_2d():
+    vol = np.full((2, 5, 5), -1000.0)
+    vol[1, 0, 0] = 500
+    out = to_uint8(vol)
+    assert not out[0].any()
+    assert out[1, 0, 0] == 255 and out[1].sum() == 255
+    assert to_uint8(vol[1]).shape == (5, 5)
+
+
+def test_window_clips_and_scales_every_slice_the_same():
+    vol = np.array([[[-2000.0, -1000.0, 0.0, 1000.0, 3000.0]]])
+    out = to_uint8(vol, window=(-1000, 1000))
+    assert out.tolist() == [[[0, 0, 128, 255, 255]]]
+
+
+def test_input_is_not_modified():
+    vol = np.linspace(-1000, 1000, 50, dtype=np.float32).reshape(2, 5, 5)
+    before = vol.copy()
+    to_uint8(vol)
+    to_uint8(vol, window=(-100, 100))
+    np.testing.assert_array_equal(vol, before)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_values_are_rejected_with_count(bad):
+    vol = np.zeros((2, 4, 4))
+    vol[0, 1, 1] = bad
+    with pytest.raises(ValueError, match="1 NaN/Inf values"):
+        to_uint8(vol)
+
+
+@pytest.mark.parametrize("shape", [(5,), (1, 2, 3, 4)])
+def test_shape_errors(shape):
+    with pytest.raises(ValueError, match=r"2D slice \(H, W\) or a stack \(S, H, W\)"):
+        to_uint8(np.zeros(shape))
+
+
+@pytest.mark.parametrize("window", [(100, -100), (0, 0), (0, np.inf), (1,), "lung"])
+def test_bad_windows(window):
+    with pytest.raises(ValueError, match="window must"):
+        validate_window(window)
+
+
+def _direct(vol):
+    out = np.empty(vol.shape, np.uint8)
+    for i, sl in enumerate(np.asarray(vol, dtype=np.float64)):
+        lo, hi = sl.min(), sl.max()
+        out[i] = 0 if hi == lo else np.rint((sl - lo) / (hi - lo) * 255.0)
+    return out
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda r: r.integers(-1024, 3071, (6, 33, 31)).astype(np.float32),  # HU as float32: lookup-table path
+        lambda r: r.integers(-1024, 3071, (6, 33, 31)).astype(np.int16),
+        lambda r: r.integers(0, 256, (6, 9, 9)).astype(np.uint8),
+        lambda r: np.round(r.normal(0, 1e6, (3, 10, 10))),  # span > 65536 levels: direct path
+        lambda r: r.normal(0, 300, (4, 20, 20)).astype(np.float32),  # non-integer: direct path
+    ],
+)
+def test_every_path_equals_the_direct_float64_formula(make):
+    vol = make(np.random.default_rng(7))
+    np.testing.assert_array_equal(to_uint8(vol), _direct(vol))
