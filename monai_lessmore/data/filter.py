@@ -1,0 +1,130 @@
+"""Dataset filter: turn a MONAI datalist of CT volumes into one item per kept 2D slice.
+
+Drop-in for existing pipelines::
+
+    datalist = [{"image": "ct_001.nii.gz", "label": 1}, ...]
+    slices = SliceReductionFilter(method="hash", threshold=6, cache_dir="cache")(datalist)
+    # [{"image": "ct_001.nii.gz", "label": 1, "slice_index": 0}, {"image": ..., "slice_index": 17}, ...]
+    ds = monai.data.Dataset(slices, transform=Compose([LoadSliced("image"), ...]))
+
+Every other key of an item is carried over to each of its slices. ``slice_index`` is the position in the volume's
+slice order as :func:`monai_lessmore.io.load_volume` returns it (inferior to superior for NIfTI/DICOM), which is
+what :class:`~monai_lessmore.transforms.LoadSliced` reads lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Sequence
+
+from monai_lessmore.data.cache import ReductionCache
+from monai_lessmore.reduction.reducer import SliceReducer
+
+__all__ = ["SliceReductionFilter", "reduce_volume_file", "reduce_datalist"]
+
+logger = logging.getLogger(__name__)
+
+
+def reduce_volume_file(
+    source: str | os.PathLike,
+    reducer: SliceReducer,
+    *,
+    order: str = "index",
+    cache: ReductionCache | None = None,
+) -> dict[str, Any]:
+    """Reduce one volume on disk, using ``cache`` when given.
+
+    Returns:
+        A JSON-serialisable record: ``source``, ``params``, ``n_slices``, ``kept``, ``hashes``, ``threshold``,
+        ``seconds``, ``cached`` (whether it came from the cache) and ``slice_sources`` (one file per slice, or
+        ``None``).
+    """
+    from monai_lessmore.io import load_volume
+    from monai_lessmore.utils.files import content_digest
+
+    params = {**reducer.params(), "order": order}
+    digest = content_digest(source) if cache is not None else None
+    if cache is not None:
+        hit = cache.get(source, params, digest)
+        if hit is not None:
+            return {**hit, "source": str(source), "cached": True}
+    vol = load_volume(str(source), order=order)
+    result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
+    record = {
+        "source": str(source),
+        "params": params,
+        "n_slices": result.n_slices,
+        "kept": result.kept.tolist(),
+        "hashes": result.hashes,
+        "threshold": result.threshold,
+        "seconds": round(result.seconds, 6),
+        "slice_sources": vol.slice_sources,
+    }
+    if cache is not None:
+        cache.put(record, digest)
+    return {**record, "cached": False}
+
+
+class SliceReductionFilter:
+    """Callable that maps a datalist of volumes to a datalist of kept slices.
+
+    Constructor arguments are JSON-serialisable so a bundle config can build it by its dotted ``_target_``
+    ``monai_lessmore.data.SliceReductionFilter``.
+
+    Args:
+        image_key: key of the volume path in each item.
+        slice_key: key added to each output item with the slice index.
+        cache_dir: folder of the persistent reduction cache (``None``: no cache).
+        order: slice order of slice folders: ``"index"`` (numeric) or ``"filename"`` (the authors' string sort).
+        on_error: ``"raise"`` (default) stops at the first unreadable volume; ``"skip"`` logs it, leaves its items
+            out and records it in :attr:`failures`.
+        reducer_args: everything else is passed to :class:`~monai_lessmore.reduction.SliceReducer` (``method``,
+            ``threshold``, ``fraction``, ``algorithm``, ...). ``method="none"`` is accepted as ``"all"``.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        slice_key: str = "slice_index",
+        cache_dir: str | os.PathLike | None = None,
+        order: str = "index",
+        on_error: str = "raise",
+        **reducer_args: Any,
+    ) -> None:
+        self.reducer = SliceReducer(**reducer_args)
+        if order not in ("index", "filename"):
+            raise ValueError(f"order must be 'index' or 'filename', got {order!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.image_key = image_key
+        self.slice_key = slice_key
+        self.order = order
+        self.on_error = on_error
+        self.cache = None if cache_dir is None else ReductionCache(cache_dir)
+        self.failures: list[dict[str, str]] = []
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, datalist: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        self.failures, self.records = [], []
+        for i, item in enumerate(datalist):
+            if not isinstance(item, dict) or self.image_key not in item:
+                raise ValueError(f"datalist item {i} has no key {self.image_key!r}; set image_key= to the volume key")
+            source = item[self.image_key]
+            try:
+                record = reduce_volume_file(source, self.reducer, order=self.order, cache=self.cache)
+            except Exception as exc:  # noqa: BLE001 - reported per volume, per on_error
+                if self.on_error == "raise":
+                    raise
+                logger.warning("skipping %s: %s", source, exc)
+                self.failures.append({"source": str(source), "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            self.records.append(record)
+            out.extend({**item, self.slice_key: int(k)} for k in record["kept"])
+        return out
+
+
+def reduce_datalist(datalist: Sequence[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    """Functional form of :class:`SliceReductionFilter`: ``reduce_datalist(datalist, method="hash", threshold=6)``."""
+    return SliceReductionFilter(**kwargs)(datalist)
