@@ -1,0 +1,341 @@
+"""``lessmore reduce``: reduce a whole dataset on disk, one volume at a time, in parallel, resumably.
+
+Layout of the output folder::
+
+    DIR/manifest.csv         one row per slice of every finished volume: volume,source,slice_index,kept,hash
+    DIR/summary.json         parameters, per-volume counts, overall kept fraction, failures
+    DIR/records/<volume>.json  per-volume result, written as soon as that volume is done (resume reads these)
+    DIR/slices/<volume>/<volume>_<index>.png   with --export png: kept slices, 8-bit (the authors' layout)
+    DIR/volumes/<volume>.nii.gz                with --export nifti: kept slices in HU
+
+Every file is written atomically, the records, manifest and summary by the client process: workers (local processes
+or Dask workers, see :mod:`monai_lessmore.cli.dask_backend`) return each volume's record and the client writes it as
+soon as it arrives, so workers need no shared filesystem unless they export slices. Inputs are only read. A volume
+that fails is reported in ``summary.json`` and on stderr while the others go on; the exit status is non-zero when
+any failed. Re-running with the same settings skips the volumes whose record matches (same source content, same
+settings, requested exports present).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from monai_lessmore.reduction.reducer import SliceReducer
+from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text, content_digest
+
+__all__ = ["ReduceJob", "Executor", "local_executor", "volume_name", "process_volume", "MANIFEST_COLUMNS", "EXPORTS"]
+
+MANIFEST_COLUMNS = ("volume", "source", "slice_index", "kept", "hash")
+EXPORTS = ("none", "png", "nifti")
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def volume_name(source: str | os.PathLike) -> str:
+    """A volume's name from its path: the file name without its volume suffix, the series folder's name, or the
+    volume id of ``<slice folder>/<volume id>``."""
+    name = Path(source).name
+    for suffix in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^\w.\-]+", "_", name) or "volume"
+
+
+def _unique_names(sources: Sequence[str]) -> list[str]:
+    names = [volume_name(s) for s in sources]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    # a stable suffix from the path keeps the name the same on every re-run (resume relies on it)
+    return [
+        n if counts[n] == 1 else f"{n}-{hashlib.sha1(str(Path(s).resolve()).encode()).hexdigest()[:8]}"
+        for n, s in zip(names, sources)
+    ]
+
+
+def _export_png(out_dir: Path, name: str, u8: np.ndarray, kept: Iterable[int]) -> None:
+    from PIL import Image
+
+    folder = out_dir / "slices" / name
+    for k in kept:
+        buf = io.BytesIO()
+        Image.fromarray(u8[k]).save(buf, format="PNG")
+        atomic_write_bytes(folder / f"{name}_{k}.png", buf.getvalue(), fsync=False)
+
+
+def _export_nifti(out_dir: Path, name: str, vol: Any, kept: np.ndarray) -> None:
+    import nibabel as nib
+
+    data = vol.array[kept]  # (K, H, W) in the LPS view: rows anterior->posterior, columns right->left
+    # stored as (W, H, K) so that the voxel axes run towards patient left, posterior, superior. The kept slices are
+    # no longer evenly spaced: the header keeps the original spacing, the original positions are in the manifest.
+    spacing = vol.meta.get("spacing") or (1.0, 1.0, 1.0)
+    s_k, s_h, s_w = (float(v) for v in spacing)
+    affine = np.diag([-s_w, -s_h, s_k, 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)).astype(np.float32), affine)
+    dest = out_dir / "volumes" / f"{name}.nii.gz"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp.nii.gz"
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def process_volume(
+    source: str,
+    name: str,
+    reducer_args: dict[str, Any],
+    out_dir: str,
+    export: str,
+    order: str,
+    *,
+    write_record: bool = True,
+) -> dict[str, Any]:
+    """Load, reduce and export one volume; write its record. Top-level so process pools (and Dask) can run it.
+
+    Args:
+        write_record: write ``out_dir/records/<name>.json`` here; ``False`` when the caller (the client of a
+            :class:`ReduceJob`) writes it from the returned record.
+
+    Returns:
+        The record (written to ``out_dir/records/<name>.json`` when ``write_record``).
+    """
+    from monai_lessmore.io import load_volume
+
+    reducer = SliceReducer(**reducer_args)
+    digest = content_digest(source)
+    vol = load_volume(source, order=order)
+    nonfinite = int(vol.array.size - np.count_nonzero(np.isfinite(vol.array)))
+    if nonfinite:
+        raise ValueError(
+            f"{source}: {nonfinite} NaN/Inf voxels; fix the file (e.g. replace them with -1024 HU) and run again"
+        )
+    result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
+    out = Path(out_dir)
+    if export == "png":
+        _export_png(out, name, reducer.render(vol.slices(), rendered=vol.is_uint8_rendered), result.kept.tolist())
+    elif export == "nifti":
+        _export_nifti(out, name, vol, result.kept)
+    record = {
+        "volume": name,
+        "source": str(source),
+        "digest": digest,
+        "params": {**reducer.params(), "order": order},
+        "n_slices": result.n_slices,
+        "kept": result.kept.tolist(),
+        "hashes": result.hashes,
+        "threshold": result.threshold,
+        "slice_sources": vol.slice_sources,
+        "exports": [] if export == "none" else [export],
+        "seconds": round(result.seconds, 6),
+    }
+    if write_record:
+        atomic_write_json(out / "records" / f"{name}.json", record)
+    return record
+
+
+# --- executor hook (Dask scale-out, issue 3 item 6) ------------------------------------------------------------
+#: Runs ``process_volume(source, name, *args, write_record=False)`` for every ``(source, name)`` of a to-do list
+#: and yields ``(source, name, get)`` as each volume finishes, where ``get()`` returns its record or raises its
+#: error. The client writes each record as it arrives. See :func:`local_executor` and
+#: :class:`monai_lessmore.cli.dask_backend.DaskExecutor`.
+Executor = Callable[[Sequence[tuple[str, str]], tuple], Iterator[tuple[str, str, Callable[[], dict[str, Any]]]]]
+
+
+def local_executor(workers: int = 1) -> Executor:
+    """The default executor: in this process (``workers == 1``) or a spawn-started process pool."""
+
+    def run(todo: Sequence[tuple[str, str]], args: tuple) -> Iterator[tuple[str, str, Callable[[], dict[str, Any]]]]:
+        if workers == 1 or len(todo) <= 1:
+            for source, name in todo:
+                # process_volume is looked up at call time so tests can monkeypatch it
+                yield source, name, lambda s=source, n=name: process_volume(s, n, *args, write_record=False)
+            return
+        # spawn: workers must not inherit torch/BLAS thread pools from a forked parent
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(process_volume, s, n, *args, write_record=False): (s, n) for s, n in todo}
+            for fut in as_completed(futures):
+                s, n = futures[fut]
+                yield s, n, fut.result
+
+    return run
+# --- end executor hook -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReduceJob:
+    """A ``lessmore reduce`` run (also usable from Python).
+
+    Args:
+        inputs: volume files, DICOM series folders, slice folders, or folders of many volumes.
+        output: output folder (created; must not be an existing file).
+        reducer_args: :class:`SliceReducer` arguments (validated here, before any work).
+        export: ``"none"``, ``"png"`` or ``"nifti"``.
+        workers: processes working on volumes in parallel (1 = in this process).
+        order: slice order for slice folders, ``"index"`` or ``"filename"``.
+        progress: show a progress bar on stderr.
+        executor: runs the volumes (:data:`Executor`); ``None`` = :func:`local_executor` with ``workers``. A
+            :class:`~monai_lessmore.cli.dask_backend.DaskExecutor` spreads them over a Dask cluster.
+    """
+
+    inputs: Sequence[str]
+    output: str
+    reducer_args: dict[str, Any] = field(default_factory=dict)
+    export: str = "none"
+    workers: int = 1
+    order: str = "index"
+    progress: bool = True
+    executor: Executor | None = None  # executor hook (issue 3 item 6)
+
+    def __post_init__(self) -> None:
+        out = Path(self.output)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--output {out} exists and is not a directory; give a new or existing folder")
+        if self.export not in EXPORTS:
+            raise ValueError(f"--export must be one of {', '.join(EXPORTS)}, got {self.export!r}")
+        if self.order not in ("index", "filename"):
+            raise ValueError(f"--order must be 'index' or 'filename', got {self.order!r}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"--workers must be a positive integer, got {self.workers!r}")
+        if not self.inputs:
+            raise ValueError("give at least one INPUT (a volume, a DICOM series folder, a slice folder or a dataset folder)")
+        self.reducer = SliceReducer(**self.reducer_args)  # fail fast on bad settings
+
+    # ------------------------------------------------------------------
+    def discover(self) -> tuple[list[str], list[dict[str, str]]]:
+        """Volume paths under every input, and a failure entry for each input that yields none."""
+        from monai_lessmore.io import discover_volumes
+
+        sources: list[str] = []
+        failures: list[dict[str, str]] = []
+        for inp in self.inputs:
+            try:
+                found = discover_volumes(inp)
+            except Exception as exc:  # noqa: BLE001 - reported, the other inputs go on
+                failures.append({"source": str(inp), "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            if not found:
+                failures.append({"source": str(inp), "error": "no volumes found (NIfTI, DICOM series, NRRD/MHA or slice folders)"})
+            sources.extend(str(f) for f in found)
+        seen: set[str] = set()
+        unique = [s for s in sources if not (s in seen or seen.add(s))]
+        return unique, failures
+
+    def _params(self) -> dict[str, Any]:
+        return {**self.reducer.params(), "order": self.order}
+
+    def _resumable(self, record_path: Path, source: str) -> dict[str, Any] | None:
+        try:
+            with open(record_path, encoding="utf-8") as fh:
+                record = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        if record.get("source") != source or record.get("params") != json.loads(json.dumps(self._params())):
+            return None
+        if self.export != "none" and self.export not in record.get("exports", []):
+            return None
+        try:
+            if record.get("digest") != content_digest(source):
+                return None
+        except OSError:
+            return None
+        return record
+
+    def run(self, log=sys.stderr) -> dict[str, Any]:
+        """Run the job; returns the summary (also written to ``summary.json``)."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        out = Path(self.output)
+        out.mkdir(parents=True, exist_ok=True)
+        sources, failures = self.discover()
+        names = _unique_names(sources)
+        records: dict[str, dict[str, Any]] = {}
+        todo: list[tuple[str, str]] = []
+        for source, name in zip(sources, names):
+            rec = self._resumable(out / "records" / f"{name}.json", source)
+            if rec is not None:
+                records[name] = {**rec, "resumed": True}
+            else:
+                todo.append((source, name))
+        args = (dict(self.reducer_args), str(out), self.export, self.order)
+        bar = tqdm(total=len(todo), desc="reducing", unit="vol", disable=not self.progress, file=log)
+        try:
+            run_all = self.executor if self.executor is not None else local_executor(self.workers)
+            for source, name, get in run_all(todo, args):
+                self._collect(records, failures, source, name, get, log, out)
+                bar.update()
+        finally:
+            bar.close()
+            # whatever happened, everything finished so far goes into the manifest and summary
+            summary = self._write_outputs(out, sources, names, records, failures, time.perf_counter() - start)
+        return summary
+
+    @staticmethod
+    def _collect(records, failures, source, name, get, log, out: Path) -> None:
+        try:
+            record = get()
+            atomic_write_json(out / "records" / f"{name}.json", record)  # the client writes every record
+            records[name] = {**record, "resumed": False}
+        except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the batch
+            msg = f"{type(exc).__name__}: {exc}"
+            failures.append({"source": source, "volume": name, "error": msg})
+            print(f"lessmore reduce: FAILED {source}: {msg}", file=log)
+
+    def _write_outputs(self, out, sources, names, records, failures, seconds) -> dict[str, Any]:
+        rows = io.StringIO()
+        writer = csv.writer(rows, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        per_volume: dict[str, Any] = {}
+        n_total = n_kept = 0
+        for source, name in sorted(zip(sources, names), key=lambda t: t[1]):
+            rec = records.get(name)
+            if rec is None:
+                continue
+            kept = set(rec["kept"])
+            slice_sources = rec.get("slice_sources") or [rec["source"]] * rec["n_slices"]
+            for k in range(rec["n_slices"]):
+                writer.writerow((name, slice_sources[k], k, int(k in kept), rec["hashes"][k]))
+            n_total += rec["n_slices"]
+            n_kept += len(kept)
+            per_volume[name] = {
+                "source": rec["source"],
+                "n_slices": rec["n_slices"],
+                "n_kept": len(kept),
+                "kept_fraction": round(len(kept) / rec["n_slices"], 6),
+                "threshold": rec.get("threshold"),
+                "seconds": rec.get("seconds"),
+                "resumed": rec.get("resumed", False),
+            }
+        summary = {
+            "params": self._params(),
+            "inputs": [str(i) for i in self.inputs],
+            "export": self.export,
+            "n_volumes": len(per_volume),
+            "n_slices": n_total,
+            "n_kept": n_kept,
+            "kept_fraction": round(n_kept / n_total, 6) if n_total else None,
+            "volumes": per_volume,
+            "failures": failures,
+            "seconds": round(seconds, 3),
+        }
+        atomic_write_text(out / "manifest.csv", rows.getvalue())
+        atomic_write_json(out / "summary.json", summary)
+        return summary

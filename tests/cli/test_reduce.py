@@ -1,0 +1,194 @@
+"""`lessmore reduce` end to end: manifest, summary, resume, bad input in a batch, real data with imagehash as oracle."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from monai_lessmore.cli.main import main
+from monai_lessmore.cli.reduce import MANIFEST_COLUMNS
+from monai_lessmore.io import load_volume
+from monai_lessmore.phantom import write_phantom_dataset
+from monai_lessmore.reduction import SliceReducer
+from tests.conftest import shared_data_path
+
+
+def read_manifest(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_phantom_dataset(root / "ph", n_volumes=3, slices=(40, 80), size=32)
+    return root / "ph"
+
+
+def test_reduce_writes_manifest_and_summary(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reduce", str(dataset), "--output", str(out), "--threshold", "6", "--algorithm", "leader", "--no-progress"]) == 0
+    rows = read_manifest(out / "manifest.csv")
+    assert tuple(rows[0]) == MANIFEST_COLUMNS
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_volumes"] == 3 and summary["failures"] == []
+    assert summary["params"]["method"] == "hash" and summary["params"]["threshold"] == 6
+    assert summary["n_slices"] == len(rows) == 40 + 60 + 80
+    assert summary["n_kept"] == sum(int(r["kept"]) for r in rows)
+    for name, v in summary["volumes"].items():
+        vol = load_volume(v["source"])
+        ref = SliceReducer(threshold=6, algorithm="leader").reduce(vol.array)
+        vrows = [r for r in rows if r["volume"] == name]
+        assert [int(r["slice_index"]) for r in vrows] == list(range(ref.n_slices))
+        assert [i for i, r in enumerate(vrows) if r["kept"] == "1"] == ref.kept.tolist()
+        assert [r["hash"] for r in vrows] == ref.hashes
+        assert all(len(r["hash"]) == 16 for r in vrows)
+        assert v["kept_fraction"] == round(ref.n_kept / ref.n_slices, 6)
+    printed = capsys.readouterr().out
+    assert "phantom_00" in printed and "kept" in printed
+
+
+def test_resume_skips_finished_volumes_and_export_is_added(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert main(["reduce", str(dataset), "-o", str(out), "--no-progress"]) == 0
+    first = (out / "manifest.csv").read_text()
+    import monai_lessmore.cli.reduce as job
+
+    def boom(*args, **kwargs):
+        raise AssertionError("volume processed again")
+
+    monkeypatch.setattr(job, "process_volume", boom)
+    assert main(["reduce", str(dataset), "-o", str(out), "--no-progress"]) == 0
+    assert (out / "manifest.csv").read_text() == first
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(v["resumed"] for v in summary["volumes"].values())
+    monkeypatch.undo()
+    # asking for an export the records do not have redoes the volumes, and writes the PNGs
+    assert main(["reduce", str(dataset), "-o", str(out), "--no-progress", "--export", "png"]) == 0
+    pngs = sorted((out / "slices").rglob("*.png"))
+    assert len(pngs) == json.loads((out / "summary.json").read_text())["n_kept"]
+    assert (out / "manifest.csv").read_text() == first
+
+
+def test_bad_volume_is_reported_and_the_batch_goes_on(dataset, tmp_path, capsys):
+    bad_dir = tmp_path / "mixed"
+    bad_dir.mkdir()
+    (bad_dir / "truncated.nii.gz").write_bytes(open(dataset / "phantom_00.nii.gz", "rb").read()[:200])
+    nan_vol = load_volume(str(dataset / "phantom_01.nii.gz")).array.copy()
+    import nibabel as nib
+
+    nan_vol[3, 4, 4] = np.nan
+    nib.save(nib.Nifti1Image(nan_vol.transpose(2, 1, 0), np.diag([-1.0, -1, 1, 1])), str(bad_dir / "nan.nii.gz"))
+    before = {p: p.read_bytes() for p in bad_dir.iterdir()}
+    out = tmp_path / "out"
+    code = main(["reduce", str(bad_dir), str(dataset / "phantom_02.nii.gz"), str(tmp_path / "missing"), "-o", str(out), "--no-progress"])
+    assert code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["volumes"]) == ["phantom_02"]
+    failed = {os.path.basename(f["source"]): f["error"] for f in summary["failures"]}
+    assert set(failed) == {"truncated.nii.gz", "nan.nii.gz", "missing"}
+    assert "NaN/Inf" in failed["nan.nii.gz"]
+    assert "truncated.nii.gz" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in bad_dir.iterdir()} == before  # inputs untouched
+
+
+def test_empty_folder_is_a_failure(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["reduce", str(tmp_path / "empty"), "-o", str(tmp_path / "out"), "--no-progress"]) == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_volumes"] == 0 and summary["failures"][0]["source"].endswith("empty")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threshold", "70"], "threshold must be an integer in 0..64 for HASH, got 70"),
+        (["--threshold", "6.5"], "threshold must be an integer in 0..64 for HASH"),
+        (["--method", "ssim"], "needs a threshold"),
+    ],
+)
+def test_invalid_settings_exit_2_with_message(dataset, tmp_path, capsys, args, message):
+    assert main(["reduce", str(dataset), "-o", str(tmp_path / "o"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--fraction", "1.5"], "must be in (0, 1]"), (["--fraction", "0"], "must be in (0, 1]"), (["--workers", "0"], "positive integer")])
+def test_argparse_rejections(dataset, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["reduce", str(dataset), "-o", str(tmp_path / "o"), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_that_is_a_file_is_rejected(dataset, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    assert main(["reduce", str(dataset), "-o", str(target)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+def test_fraction_mode_keeps_requested_count(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert main(["reduce", str(dataset), "-o", str(out), "--fraction", "0.1", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["params"]["algorithm"] == "greedy"
+    assert [v["n_kept"] for v in summary["volumes"].values()] == [4, 6, 8]
+
+
+def test_parallel_workers_give_the_same_manifest(dataset, tmp_path):
+    assert main(["reduce", str(dataset), "-o", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["reduce", str(dataset), "-o", str(tmp_path / "b"), "--no-progress", "--workers", "2"]) == 0
+    assert (tmp_path / "a" / "manifest.csv").read_text() == (tmp_path / "b" / "manifest.csv").read_text()
+
+
+def test_console_script_and_demo(tmp_path):
+    out = tmp_path / "demo"
+    res = subprocess.run(
+        [sys.executable, "-m", "monai_lessmore.cli.main", "demo", "--output", str(out), "--volumes", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "phantom_00" in res.stdout and "kept" in res.stdout
+    summary = json.loads((out / "reduced" / "summary.json").read_text())
+    assert summary["n_volumes"] == 2 and 0 < summary["kept_fraction"] < 0.3
+
+
+def test_real_slice_folders_hash_like_imagehash(tmp_path):
+    import imagehash
+    from PIL import Image
+
+    folder = shared_data_path("ct", "slices", "covid19_ct_seg")
+    out = tmp_path / "out"
+    code = main(["reduce", str(folder), "--output", str(out), "--method", "hash", "--threshold", "6", "--algorithm", "leader", "--no-progress"])
+    assert code == 0
+    rows = read_manifest(out / "manifest.csv")
+    assert len(rows) == 1600
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_volumes"] == 20
+    for r in rows[::37]:  # a spread of slices over every volume: the manifest hash is imagehash's string
+        assert r["hash"] == str(imagehash.dhash(Image.open(r["source"]).convert("L")))
+    # string order (the authors' iteration) is an option and changes which slices lead
+    out2 = tmp_path / "out2"
+    assert main(["reduce", str(folder / "Data-1_coronacases_org_001"), "-o", str(out2), "--order", "filename", "--no-progress"]) == 0
+    rows2 = read_manifest(out2 / "manifest.csv")
+    assert [r["source"].rsplit("_", 1)[1] for r in rows2[:3]] == ["1.jpg", "10.jpg", "100.jpg"]
+
+
+def test_dicom_and_exported_png_folder_give_the_same_hashes(tmp_path):
+    series = shared_data_path("ct", "dicom", "pancreas_ct")
+    out = tmp_path / "dcm"
+    assert main(["reduce", str(series), "-o", str(out), "--method", "all", "--export", "png", "--no-progress"]) == 0
+    dcm_rows = read_manifest(out / "manifest.csv")
+    assert len(dcm_rows) == 134
+    out2 = tmp_path / "png"
+    assert main(["reduce", str(out / "slices" / "pancreas_ct"), "-o", str(out2), "--method", "all", "--no-progress"]) == 0
+    png_rows = read_manifest(out2 / "manifest.csv")
+    assert [r["hash"] for r in png_rows] == [r["hash"] for r in dcm_rows]
