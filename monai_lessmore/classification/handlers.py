@@ -1,0 +1,137 @@
+"""Ignite handlers of the fine-tuning bundle: freeze-then-unfreeze, and a probabilities CSV writer.
+
+Wolf et al. (2024), section 2.3: "Only the linear layer is trained during the first ten epochs before the complete
+model is fine-tuned."
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+
+__all__ = ["FreezeThenUnfreeze", "PredictionCSVWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class FreezeThenUnfreeze:
+    """Train only the head for the first ``freeze_epochs`` epochs, then the whole network.
+
+    At every ``EPOCH_STARTED`` the handler sets ``requires_grad`` of every parameter whose name does not start with
+    one of ``trainable`` to ``epoch <= freeze_epochs``. Frozen parameters get no gradient, so Adam (with weight decay)
+    leaves them untouched. BatchNorm running statistics are buffers, not parameters: as with any ``requires_grad``
+    freeze they keep adapting in train mode during the first phase.
+
+    Args:
+        freeze_epochs: epochs with a frozen encoder (the paper's 10); 0 trains everything from the start.
+        trainable: parameter-name prefixes trained in the first phase (the head ``fc``).
+        network: the network; default ``engine.network`` of the MONAI trainer it is attached to.
+    """
+
+    def __init__(self, freeze_epochs: int = 10, trainable: Sequence[str] = ("fc",), network: nn.Module | None = None):
+        if isinstance(freeze_epochs, bool) or not isinstance(freeze_epochs, int) or freeze_epochs < 0:
+            raise ValueError(f"freeze_epochs must be an int >= 0, got {freeze_epochs!r}")
+        if isinstance(trainable, str) or not trainable or not all(isinstance(t, str) and t for t in trainable):
+            raise ValueError(f"trainable must be a non-empty list of parameter-name prefixes, got {trainable!r}")
+        self.freeze_epochs = freeze_epochs
+        self.trainable = tuple(trainable)
+        self.network = network
+        self.frozen = False
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to a trainer (a MONAI ``SupervisedTrainer`` or any engine when ``network`` was given)."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def _network(self, engine: Engine | None) -> nn.Module:
+        # MONAI workflows attach handlers before they set ``engine.network``: look it up at the first event
+        network = self.network if self.network is not None else getattr(engine, "network", None)
+        if network is None:
+            raise ValueError("FreezeThenUnfreeze needs a network: pass network= or attach it to a MONAI trainer")
+        names = [n for n, _ in network.named_parameters()]
+        if not any(n.startswith(self.trainable) for n in names):
+            raise ValueError(f"no parameter name starts with {self.trainable}; parameter names look like {names[:3]}")
+        self.network = network
+        return network
+
+    def set_frozen(self, frozen: bool, engine: Engine | None = None) -> None:
+        """Freeze (``True``) or unfreeze the non-head parameters."""
+        for name, p in self._network(engine).named_parameters():
+            p.requires_grad_(not frozen or name.startswith(self.trainable))
+        if frozen != self.frozen:
+            logger.info(("froze all but " + ", ".join(self.trainable)) if frozen else "unfroze the whole network")
+        self.frozen = frozen
+
+    def __call__(self, engine: Engine) -> None:
+        self.set_frozen(engine.state.epoch <= self.freeze_epochs, engine)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Handler state for checkpoints."""
+        return {"freeze_epochs": self.freeze_epochs, "trainable": list(self.trainable), "frozen": self.frozen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the freeze is re-applied at the next epoch start."""
+        self.freeze_epochs = int(state_dict["freeze_epochs"])
+        self.trainable = tuple(state_dict["trainable"])
+        self.frozen = bool(state_dict["frozen"])
+
+
+class PredictionCSVWriter:
+    """Write per-image class probabilities of an evaluator run to a CSV (``id, prob_<class>..., pred[, label]``).
+
+    Expects the engine output as a batch dictionary with ``pred`` logits (``decollate=False``) and the batch's
+    ``id`` strings; ``label`` is written when present.
+
+    Args:
+        output_file: CSV path (parent folders are created).
+        class_names: column names for the probabilities.
+    """
+
+    def __init__(self, output_file: str, class_names: Sequence[str]):
+        if not output_file:
+            raise ValueError(f"output_file must be a path, got {output_file!r}")
+        if not class_names:
+            raise ValueError(f"class_names must list the classes, got {class_names!r}")
+        self.output_file = Path(output_file)
+        self.class_names = [str(c) for c in class_names]
+        self.rows: list[list[Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Collect rows each iteration and write them when the run completes."""
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        """Append this batch's probabilities."""
+        out = engine.state.output
+        batch = engine.state.batch
+        logits = out["pred"] if isinstance(out, dict) else out[0]["pred"]
+        probs = torch.softmax(torch.as_tensor(logits).float(), dim=1).detach().cpu()
+        if probs.shape[1] != len(self.class_names):
+            raise ValueError(f"the network gives {probs.shape[1]} outputs but class_names has {len(self.class_names)}")
+        ids = batch.get("id", [str(len(self.rows) + i) for i in range(len(probs))])
+        labels = batch.get("label")
+        for i, p in enumerate(probs):
+            row = [ids[i], *[f"{v:.6f}" for v in p.tolist()], self.class_names[int(p.argmax())]]
+            if labels is not None:
+                row.append(self.class_names[int(torch.as_tensor(labels[i]).reshape(-1)[0])])
+            self.rows.append(row)
+
+    def write(self, engine: Engine) -> None:
+        """Write the CSV."""
+        self.output_file.parent.mkdir(parents=True, exist_ok=True)
+        header = ["id", *[f"prob_{c}" for c in self.class_names], "pred"]
+        if self.rows and len(self.rows[0]) > len(header):
+            header.append("label")
+        with open(self.output_file, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(self.rows)
+        logger.info(f"wrote {len(self.rows)} predictions to {self.output_file}")

@@ -1,0 +1,142 @@
+"""Data adapters: COVID-CT official split, MedMNIST npz, CSV, class folders; the fail-fast bad-input rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import shared_data_path
+from monai_lessmore.classification.data import (
+    CovidCTData,
+    CSVData,
+    FolderData,
+    MedMNISTData,
+    build_data,
+    check_images,
+    list_images,
+    subset_items,
+)
+from monai_lessmore.classification.transforms import ImageLoadError
+
+
+def _png(path, value=128, size=(12, 10)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size, value, np.uint8)).save(path)
+    return path
+
+
+def test_covid_ct_official_split():
+    data = CovidCTData(shared_data_path("covid_ct"))
+    s = data.splits()
+    # counts from ../shared/data/README.md: COVID 191/60/98, NonCOVID 234/58/105
+    assert {k: len(v) for k, v in s.items()} == {"train": 425, "val": 118, "test": 203}
+    assert sum(d["label"] for d in s["test"]) == 98
+    assert data.class_names == ["NonCOVID", "COVID"] and data.num_classes == 2
+    ids = [d["id"] for part in s.values() for d in part]
+    assert len(set(ids)) == len(ids), "an image is in two parts of the official split"
+    assert len(data.items()) == 746
+
+
+def _fake_covid(root):
+    for cls in ("COVID", "NonCOVID"):
+        for part in ("train", "val", "test"):
+            names = [f"{cls}_{part}_{i}.png" for i in range(2)]
+            for n in names:
+                _png(root / "Images" / f"CT_{cls}" / n)
+            split = root / "Data-split" / cls / f"{part}CT_{cls}.txt"
+            split.parent.mkdir(parents=True, exist_ok=True)
+            split.write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_covid_split_file_naming_a_missing_image(tmp_path):
+    root = _fake_covid(tmp_path / "covid_ct")
+    assert len(CovidCTData(root).split("val")) == 4
+    split = root / "Data-split" / "COVID" / "testCT_COVID.txt"
+    split.write_text(split.read_text() + "ghost.png\n")
+    with pytest.raises(ValueError, match=r"testCT_COVID\.txt names 'ghost\.png', but .*CT_COVID/ghost\.png does not"):
+        CovidCTData(root)
+
+
+def test_medmnist_real_organamnist():
+    data = MedMNISTData(shared_data_path("organamnist", "organamnist.npz"))
+    assert data.num_classes == 11
+    assert {k: len(v) for k, v in data.splits().items()} == {"train": 34561, "val": 6491, "test": 17778}
+    item = data.split("test")[0]
+    assert item["image"].shape == (28, 28) and item["image"].dtype == np.uint8 and item["id"] == "test_0"
+
+
+def _npz(path, labels_train=(0, 1, 2, 1), labels_shape=None):
+    arrays = {}
+    for part in ("train", "val", "test"):
+        labels = np.asarray(labels_train if part == "train" else (0, 1), np.uint8).reshape(-1, 1)
+        if labels_shape is not None:
+            labels = np.zeros(labels_shape, np.uint8)
+        arrays[f"{part}_images"] = np.zeros((len(labels), 28, 28), np.uint8)
+        arrays[f"{part}_labels"] = labels
+    np.savez(path, **arrays)
+    return path
+
+
+def test_medmnist_bad_files(tmp_path):
+    with pytest.raises(ValueError, match=r"labels outside 0\.\.1"):
+        MedMNISTData(_npz(tmp_path / "a.npz"), class_names=["a", "b"])
+    with pytest.raises(ValueError, match="multi-label MedMNIST"):
+        MedMNISTData(_npz(tmp_path / "b.npz", labels_shape=(2, 14)))
+    np.savez(tmp_path / "c.npz", train_images=np.zeros((1, 2, 2)))
+    with pytest.raises(ValueError, match="arrays .*train_labels.* are missing"):
+        MedMNISTData(tmp_path / "c.npz")
+
+
+def test_csv_with_groups_unknown_labels_and_missing_files(tmp_path):
+    for i in range(4):
+        _png(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "ok.csv").write_text("path,label,group\nimg/0.png,cat,p1\nimg/1.png,dog,p1\nimg/2.png,dog,p2\n")
+    data = CSVData(tmp_path / "ok.csv")
+    assert data.class_names == ["cat", "dog"]
+    assert [(d["label"], d["group"]) for d in data.items()] == [(0, "p1"), (1, "p1"), (1, "p2")]
+    assert data.has_fixed_split is False
+    (tmp_path / "bad.csv").write_text("path,label\nimg/0.png,cat\nimg/1.png,bird\nimg/9.png,cat\n")
+    with pytest.raises(ValueError, match=r"(?s)line 3: unknown label 'bird'.*line 4: image .*9\.png does not exist"):
+        CSVData(tmp_path / "bad.csv", class_names=["cat", "dog"])
+    (tmp_path / "nohead.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="needs a header with columns path,label"):
+        CSVData(tmp_path / "nohead.csv")
+
+
+def test_folders(tmp_path):
+    for cls in ("b", "a"):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png")
+    data = FolderData(tmp_path)
+    assert data.class_names == ["a", "b"] and len(data.items()) == 6
+    with pytest.raises(ValueError, match=r"folder .*[/\\]b is not one of class_names \['a', 'c'\]"):
+        FolderData(tmp_path, class_names=["a", "c"])
+    assert list_images(tmp_path / "a")[0].endswith("0.png")
+
+
+def test_num_classes_mismatch_and_unknown_dataset(tmp_path):
+    for cls in ("a", "b"):
+        _png(tmp_path / cls / "0.png")
+    with pytest.raises(ValueError, match=r"num_classes=3 was given but the data have 2 classes"):
+        build_data("folder", data_root=str(tmp_path), num_classes=3)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        build_data("imagenet")
+
+
+def test_check_images_lists_every_bad_file(tmp_path):
+    good = _png(tmp_path / "good.png")
+    (tmp_path / "bad1.png").write_bytes(b"xx")
+    (tmp_path / "bad2.jpg").write_bytes(b"yy")
+    items = [{"image": str(p), "label": 0} for p in (good, tmp_path / "bad1.png", tmp_path / "bad2.jpg")]
+    with pytest.raises(ImageLoadError, match=r"(?s)2 problem.*bad1\.png.*bad2\.jpg.*nothing was skipped"):
+        check_images(items)
+    check_images(items[:1] + [{"image": np.zeros((4, 4)), "label": 0}])
+
+
+def test_subset_keeps_every_class():
+    items = [{"label": 0, "id": i} for i in range(50)] + [{"label": 1, "id": 50 + i} for i in range(5)]
+    sub = subset_items(items, 6, seed=0)
+    assert len(sub) == 6 and {d["label"] for d in sub} == {0, 1}
+    assert subset_items(items, 0) == items

@@ -1,0 +1,102 @@
+"""ResNet50 + one linear layer: torchvision-compatible keys, and encoder loading that never silently re-randomises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_lessmore.classification.network import EncoderLoadError, ResNet50Classifier, load_encoder_state_dict
+from monai_lessmore.networks.resnet import ResNet50
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    """An encoder state dict in torchvision key names, without the head (as the pre-training bundle exports)."""
+    torch.manual_seed(123)
+    state = {k: v for k, v in ResNet50(num_classes=1000).state_dict().items() if not k.startswith("fc.")}
+    path = tmp_path_factory.mktemp("enc") / "encoder.pt"
+    torch.save(state, path)
+    return path, state
+
+
+def test_architecture_is_torchvision_resnet50():
+    from monai_lessmore.utils.torchvision_compat import import_torchvision
+
+    net = ResNet50(num_classes=1000)
+    # torchvision.models.resnet50(): 25,557,032 parameters, 320 state-dict entries
+    assert sum(p.numel() for p in net.parameters()) == 25_557_032
+    ref = import_torchvision("models").resnet50()
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    ref.load_state_dict(net.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(net.eval()(x), ref.eval()(x))
+
+
+def test_classifier_head_and_features():
+    net = ResNet50Classifier(num_classes=3).eval()
+    assert isinstance(net.fc, torch.nn.Linear) and net.fc.in_features == 2048 and net.fc.out_features == 3
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert net(x).shape == (2, 3) and net.features(x).shape == (2, 2048)
+    assert net.load_report is None
+    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+        ResNet50Classifier(num_classes=1)
+
+
+def test_pretrained_encoder_changes_weights_and_reports_only_head_missing(encoder_file, caplog):
+    path, state = encoder_file
+    torch.manual_seed(0)
+    random = ResNet50Classifier(num_classes=2)
+    torch.manual_seed(0)
+    loaded = ResNet50Classifier(num_classes=2, pretrained_encoder=str(path))
+    assert loaded.load_report == {"missing": ["fc.bias", "fc.weight"], "unexpected": []}
+    assert not torch.equal(random.conv1.weight, loaded.conv1.weight)
+    for k, v in state.items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    torch.testing.assert_close(loaded.fc.weight, random.fc.weight)  # the head keeps its fresh init
+
+
+def test_lightning_checkpoint_with_prefix_and_extra_keys(tmp_path, encoder_file):
+    _, state = encoder_file
+    ckpt = {"state_dict": {**{f"model.{k}": v for k, v in state.items()},
+                           "projection_head.0.weight": torch.zeros(3, 3), "prototypes.weight": torch.zeros(2, 3)},
+            "epoch": 5}
+    torch.save(ckpt, tmp_path / "swav.ckpt")
+    net = ResNet50Classifier(num_classes=2, pretrained_encoder=str(tmp_path / "swav.ckpt"))
+    assert net.load_report["missing"] == ["fc.bias", "fc.weight"]
+    assert net.load_report["unexpected"] == ["projection_head.0.weight", "prototypes.weight"]
+    torch.testing.assert_close(net.layer4[2].conv3.weight, state["layer4.2.conv3.weight"])
+
+
+def test_bundle_directory(tmp_path, encoder_file):
+    _, state = encoder_file
+    (tmp_path / "b" / "models").mkdir(parents=True)
+    torch.save({**state, "fc.weight": torch.zeros(7, 2048), "fc.bias": torch.zeros(7)}, tmp_path / "b/models/model.pt")
+    net = ResNet50Classifier(num_classes=2, pretrained_bundle=str(tmp_path / "b"))  # a 7-class head is dropped
+    torch.testing.assert_close(net.conv1.weight, state["conv1.weight"])
+    with pytest.raises(EncoderLoadError, match="not a bundle with models/model.pt"):
+        ResNet50Classifier(pretrained_bundle=str(tmp_path))
+
+
+def test_wrong_keys_are_refused(tmp_path, encoder_file):
+    _, state = encoder_file
+    partial = {k: v for k, v in state.items() if not k.startswith("layer4.")}
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(EncoderLoadError, match=r"encoder keys are missing, e\.g\. \['layer4\.0\.bn1\.bias'"):
+        ResNet50Classifier(pretrained_encoder=str(tmp_path / "partial.pt"))
+    torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "densenet.pt")
+    with pytest.raises(EncoderLoadError, match="Refusing to train from a partly random encoder"):
+        ResNet50Classifier(pretrained_encoder=str(tmp_path / "densenet.pt"))
+    shapes = dict(state, **{"conv1.weight": torch.zeros(64, 1, 7, 7)})
+    with pytest.raises(EncoderLoadError, match=r"conv1\.weight: file \(64, 1, 7, 7\) vs model \(64, 3, 7, 7\)"):
+        load_encoder_state_dict(ResNet50Classifier(), shapes)
+
+
+def test_unsafe_or_missing_files(tmp_path):
+    torch.save({"weights": object()}, tmp_path / "pickle.pt")
+    with pytest.raises(EncoderLoadError, match=r"weights_only=True"):
+        ResNet50Classifier(pretrained_encoder=str(tmp_path / "pickle.pt"))
+    with pytest.raises(EncoderLoadError, match="does not exist"):
+        ResNet50Classifier(pretrained_encoder=str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="either pretrained_encoder or pretrained_bundle"):
+        ResNet50Classifier(pretrained_encoder="a", pretrained_bundle="b")
