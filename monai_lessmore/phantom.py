@@ -5,8 +5,8 @@ with a fat layer, spine, liver, kidneys, lungs, heart, bowel gas -- with per-sli
 slices are therefore near-duplicates, as in real CT, while slices far apart differ: exactly the redundancy the
 paper's reduction removes. Volumes differ in slice count (slice thickness) and body size, so kept fractions vary.
 
-The NIfTI files are written with an LPS-to-RAS affine such that :func:`monai_lessmore.io.load_volume` returns the
-generated ``(S, H, W)`` array unchanged.
+The NIfTI files are written as int16 HU with an LPS-to-RAS affine such that :func:`monai_lessmore.io.load_volume`
+returns the generated ``(S, H, W)`` array as stored (truncated to whole HU by the int16 file).
 """
 
 from __future__ import annotations

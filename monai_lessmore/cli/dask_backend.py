@@ -63,6 +63,16 @@ def connect(address: str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT):
         "check that the scheduler is running and the address (tcp://HOST:PORT, as printed by `dask scheduler` or "
         "cluster.scheduler_address) is reachable from this machine, or use --dask to start a local cluster"
     )
+    # check the syntax before a Client exists: a Client starts its event-loop thread first, which on a busy machine
+    # can take longer than distributed's own start-up wait and then fails with an unhelpful AssertionError
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise SchedulerUnreachable(f"--scheduler {address!r} is not a valid scheduler address ({exc}); {hint}") from None
     try:
         return Client(address, timeout=timeout, set_as_default=False)
     except ValueError as exc:

@@ -4,7 +4,9 @@
 ``lessmore reduce ... --dask`` / ``--scheduler ADDRESS`` runs it on a Dask cluster
 (:mod:`monai_lessmore.cli.dask_backend`); ``lessmore report DIR`` draws figures of a run
 (:mod:`monai_lessmore.cli.report`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
-data needed).
+data needed). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
+the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash verification
+(:mod:`monai_lessmore.hub.commands`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from monai_lessmore.hub.commands import add_hub_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
 from monai_lessmore.reduction.methods import METHODS
 
 __all__ = ["main", "build_parser"]
@@ -26,7 +29,7 @@ def _fraction(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (0.1 keeps 10 %% of each volume), got {text}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (0.1 keeps 10 % of each volume), got {text}")
     return value
 
 
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slices", type=_positive_int, default=5, help="kept slices shown per method (default 5)")
     r.add_argument("--device", default="cpu", help="cpu or cuda, for ssim/mi/deepnet rows")
     r.add_argument("--deepnet-weights", default="imagenet", help="deepnet row: 'imagenet' (local torch cache only) or a state-dict file")
+    # --- pre-trained ResNet50 bundle (issue 6): import-checkpoint, package-bundle, fetch-bundle ---
+    add_hub_parsers(sub)
     return parser
 
 
@@ -126,6 +131,9 @@ def _print_summary(summary: dict[str, Any], out=None) -> None:
         print(f"{'volume':<{width}}  slices    kept  fraction", file=out)
         for name, v in vols.items():
             print(f"{name:<{width}}  {v['n_slices']:6d}  {v['n_kept']:6d}  {100 * v['kept_fraction']:7.1f} %", file=out)
+    for name, v in vols.items():
+        for w in v.get("warnings", []):
+            print(f"warning: {name}: {w}", file=out)
     frac = summary["kept_fraction"]
     total = "n/a" if frac is None else f"{100 * frac:.1f} %"
     print(
@@ -201,6 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns.directory, methods=ns.methods, volume=ns.volume, output=ns.output, n_show=ns.slices,
             device=ns.device, deepnet_weights=ns.deepnet_weights,
         )
+    if ns.command == "import-checkpoint":
+        return run_import_checkpoint(ns)
+    if ns.command == "package-bundle":
+        return run_package_bundle(ns)
+    if ns.command == "fetch-bundle":
+        return run_fetch_bundle(ns)
     if ns.command == "demo":
         from monai_lessmore.phantom import write_phantom_dataset
 

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,8 +35,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from monai_lessmore.io.slice_folder import validate_order
 from monai_lessmore.reduction.reducer import SliceReducer
-from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json, atomic_write_text, content_digest
+from monai_lessmore.utils.files import _umask, atomic_write_json, atomic_write_text, content_digest
 
 __all__ = ["ReduceJob", "Executor", "local_executor", "volume_name", "process_volume", "MANIFEST_COLUMNS", "EXPORTS"]
 
@@ -67,14 +69,27 @@ def _unique_names(sources: Sequence[str]) -> list[str]:
     ]
 
 
-def _export_png(out_dir: Path, name: str, u8: np.ndarray, kept: Iterable[int]) -> None:
+def _export_png(out_dir: Path, name: str, u8: Any, kept: Iterable[int]) -> None:
+    """Write the kept slices to ``slices/<name>/`` as a whole: a re-run with other settings replaces the folder, so
+    no slice kept by an earlier run stays behind."""
     from PIL import Image
 
-    folder = out_dir / "slices" / name
+    parent = out_dir / "slices"
+    final = parent / name
+    tmp = parent / f".{name}.{os.getpid()}.tmp"
+    old = parent / f".{name}.{os.getpid()}.old"
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    tmp.mkdir(parents=True)
     for k in kept:
-        buf = io.BytesIO()
-        Image.fromarray(u8[k]).save(buf, format="PNG")
-        atomic_write_bytes(folder / f"{name}_{k}.png", buf.getvalue(), fsync=False)
+        Image.fromarray(u8[k]).save(tmp / f"{name}_{k}.png")
+        os.chmod(tmp / f"{name}_{k}.png", 0o666 & ~_umask())
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _export_nifti(out_dir: Path, name: str, vol: Any, kept: np.ndarray) -> None:
@@ -96,6 +111,20 @@ def _export_nifti(out_dir: Path, name: str, vol: Any, kept: np.ndarray) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _volume_warnings(vol: Any, result: Any) -> list[str]:
+    """Things about a volume worth a look that are not errors: they go to its record and the summary."""
+    out = []
+    if result.n_slices == 1:
+        out.append("single-slice volume: nothing to reduce, the slice is kept")
+    elif all(h == "0000000000000000" for h in result.hashes):
+        out.append("every slice renders constant (all hashes 0): one slice kept")
+    missing = vol.meta.get("missing_indices") if isinstance(vol.meta, dict) else None
+    if missing:
+        shown = ", ".join(str(i) for i in list(missing)[:10])
+        out.append(f"{len(missing)} slice indices missing from the folder ({shown}{', ...' if len(missing) > 10 else ''})")
+    return out
 
 
 def process_volume(
@@ -121,12 +150,7 @@ def process_volume(
 
     reducer = SliceReducer(**reducer_args)
     digest = content_digest(source)
-    vol = load_volume(source, order=order)
-    nonfinite = int(vol.array.size - np.count_nonzero(np.isfinite(vol.array)))
-    if nonfinite:
-        raise ValueError(
-            f"{source}: {nonfinite} NaN/Inf voxels; fix the file (e.g. replace them with -1024 HU) and run again"
-        )
+    vol = load_volume(source, order=order).require_finite()
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
     out = Path(out_dir)
     if export == "png":
@@ -144,6 +168,7 @@ def process_volume(
         "threshold": result.threshold,
         "slice_sources": vol.slice_sources,
         "exports": [] if export == "none" else [export],
+        "warnings": _volume_warnings(vol, result),
         "seconds": round(result.seconds, 6),
     }
     if write_record:
@@ -210,8 +235,7 @@ class ReduceJob:
             raise ValueError(f"--output {out} exists and is not a directory; give a new or existing folder")
         if self.export not in EXPORTS:
             raise ValueError(f"--export must be one of {', '.join(EXPORTS)}, got {self.export!r}")
-        if self.order not in ("index", "filename"):
-            raise ValueError(f"--order must be 'index' or 'filename', got {self.order!r}")
+        validate_order(self.order)
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"--workers must be a positive integer, got {self.workers!r}")
         if not self.inputs:
@@ -233,7 +257,8 @@ class ReduceJob:
                 continue
             if not found:
                 failures.append({"source": str(inp), "error": "no volumes found (NIfTI, DICOM series, NRRD/MHA or slice folders)"})
-            sources.extend(str(f) for f in found)
+            # absolute: Dask workers on other hosts resolve paths against their own working directory
+            sources.extend(os.path.abspath(f) for f in found)
         seen: set[str] = set()
         unique = [s for s in sources if not (s in seen or seen.add(s))]
         return unique, failures
@@ -275,7 +300,7 @@ class ReduceJob:
                 records[name] = {**rec, "resumed": True}
             else:
                 todo.append((source, name))
-        args = (dict(self.reducer_args), str(out), self.export, self.order)
+        args = (dict(self.reducer_args), str(out.resolve()), self.export, self.order)
         bar = tqdm(total=len(todo), desc="reducing", unit="vol", disable=not self.progress, file=log)
         try:
             run_all = self.executor if self.executor is not None else local_executor(self.workers)
@@ -305,6 +330,8 @@ class ReduceJob:
         writer.writerow(MANIFEST_COLUMNS)
         per_volume: dict[str, Any] = {}
         n_total = n_kept = 0
+        failed = {f["source"] for f in failures}
+        pending = [s for s, n in zip(sources, names) if n not in records and s not in failed]
         for source, name in sorted(zip(sources, names), key=lambda t: t[1]):
             rec = records.get(name)
             if rec is None:
@@ -323,6 +350,7 @@ class ReduceJob:
                 "threshold": rec.get("threshold"),
                 "seconds": rec.get("seconds"),
                 "resumed": rec.get("resumed", False),
+                "warnings": rec.get("warnings", []),
             }
         summary = {
             "params": self._params(),
@@ -334,6 +362,9 @@ class ReduceJob:
             "kept_fraction": round(n_kept / n_total, 6) if n_total else None,
             "volumes": per_volume,
             "failures": failures,
+            # an interrupted run (Ctrl-C, killed client) lists what it did not reach; re-running resumes them
+            "complete": not pending,
+            "pending": pending,
             "seconds": round(seconds, 3),
         }
         atomic_write_text(out / "manifest.csv", rows.getvalue())

@@ -19,6 +19,7 @@ import os
 from typing import Any, Sequence
 
 from monai_lessmore.data.cache import ReductionCache
+from monai_lessmore.io.slice_folder import validate_order
 from monai_lessmore.reduction.reducer import SliceReducer
 
 __all__ = ["SliceReductionFilter", "reduce_volume_file", "reduce_datalist"]
@@ -49,7 +50,7 @@ def reduce_volume_file(
         hit = cache.get(source, params, digest)
         if hit is not None:
             return {**hit, "source": str(source), "cached": True}
-    vol = load_volume(str(source), order=order)
+    vol = load_volume(str(source), order=order).require_finite()
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
     record = {
         "source": str(source),
@@ -93,8 +94,7 @@ class SliceReductionFilter:
         **reducer_args: Any,
     ) -> None:
         self.reducer = SliceReducer(**reducer_args)
-        if order not in ("index", "filename"):
-            raise ValueError(f"order must be 'index' or 'filename', got {order!r}")
+        validate_order(order)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.image_key = image_key

@@ -67,6 +67,17 @@ class Volume:
         height, width = shapes[index]
         return self.array[index, :height, :width]
 
+    def require_finite(self) -> "Volume":
+        """Return the volume, or raise :class:`VolumeReadError` naming the file when it holds NaN/Inf voxels."""
+        bad = self.meta.get("nonfinite_voxels")
+        if bad is None:
+            bad = int(self.array.size - np.count_nonzero(np.isfinite(self.array)))
+        if bad:
+            raise VolumeReadError(
+                f"{self.source}: {bad} NaN/Inf voxels; fix the file (e.g. replace them with -1024 HU) and run again"
+            )
+        return self
+
     def slices(self) -> np.ndarray | list[np.ndarray]:
         """What to reduce: ``array``, or for a slice folder with mixed image sizes the list of unpadded slices.
 

@@ -98,6 +98,8 @@ def validate_threshold(spec: MethodSpec, threshold: Any) -> float:
     label = spec.name.upper()
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
         raise ValueError(f"threshold must be a number in {lo:g}..{hi:g} for {label}, got {threshold!r}")
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number in {lo:g}..{hi:g} for {label}, got {threshold!r}")
     if spec.integer_threshold:
         if float(threshold) != int(threshold) or not lo <= threshold <= hi:
             raise ValueError(f"threshold must be an integer in {lo:g}..{hi:g} for {label}, got {threshold!r}")

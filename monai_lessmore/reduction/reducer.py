@@ -28,6 +28,33 @@ __all__ = ["SliceReducer", "ReductionResult", "ALGORITHMS"]
 ALGORITHMS = ("leader", "greedy")
 
 
+_EMBEDDERS: dict[tuple[str, str], Any] = {}
+
+
+def _check_deepnet_weights(weights: Any) -> None:
+    """Fail at construction, before any volume is read, when the DeepNet weights cannot be had offline."""
+    from pathlib import Path
+
+    if weights == "random":
+        return
+    if weights == "imagenet":
+        from monai_lessmore.reduction.deepnet import IMAGENET_WEIGHTS_URL, imagenet_weights_path
+
+        path = imagenet_weights_path()
+        if not path.is_file():
+            raise ValueError(
+                f"deepnet_weights='imagenet' needs the torchvision ResNet50 ImageNet weights in the local torch cache, "
+                f"but {path} does not exist (nothing is downloaded). Copy {IMAGENET_WEIGHTS_URL} there, or pass a "
+                "state-dict file: deepnet_weights=PATH (command line: --deepnet-weights PATH)"
+            )
+        return
+    if not isinstance(weights, (str, Path)) or not Path(weights).is_file():
+        raise ValueError(
+            f"deepnet_weights must be 'imagenet', 'random' or an existing ResNet50 state-dict file, got {weights!r} "
+            "(command line: --deepnet-weights)"
+        )
+
+
 def _dhash_mixed(slices: list[np.ndarray]) -> np.ndarray:
     """dHashes of 2D uint8 slices of different sizes, batched per size, in the input order."""
     from monai_lessmore.reduction.dhash import dhash
@@ -41,14 +68,6 @@ def _dhash_mixed(slices: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _pad_stack(slices: list[np.ndarray]) -> np.ndarray:
-    """Stack 2D slices, zero-padding each at the bottom/right to the largest height and width."""
-    height = max(s.shape[0] for s in slices)
-    width = max(s.shape[1] for s in slices)
-    out = np.zeros((len(slices), height, width), dtype=slices[0].dtype)
-    for i, s in enumerate(slices):
-        out[i, : s.shape[0], : s.shape[1]] = s
-    return out
 
 
 @dataclass
@@ -174,8 +193,9 @@ class SliceReducer:
         if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
             raise ValueError(f"bins must be an integer >= 2 for MI histograms, got {bins!r}")
         self.bins = int(bins)
+        if self.method == "deepnet":
+            _check_deepnet_weights(deepnet_weights)
         self.deepnet_weights = deepnet_weights
-        self._embedder = None
 
     # ------------------------------------------------------------------ settings
     def params(self) -> dict[str, Any]:
@@ -230,11 +250,13 @@ class SliceReducer:
         return to_uint8(arr, window=self.window)
 
     def _embedder_factory(self):
-        if self._embedder is None:
+        # one network per process and setting: a batch job builds a reducer per volume
+        key = (str(self.deepnet_weights), self.device)
+        if key not in _EMBEDDERS:
             from monai_lessmore.reduction.deepnet import ResNet50Embedder
 
-            self._embedder = ResNet50Embedder(weights=self.deepnet_weights, device=self.device)
-        return self._embedder
+            _EMBEDDERS[key] = ResNet50Embedder(weights=self.deepnet_weights, device=self.device)
+        return _EMBEDDERS[key]
 
     def reduce(self, slices: np.ndarray | Sequence[np.ndarray], *, rendered: bool = False) -> ReductionResult:
         """Select the slices to keep of one volume.
@@ -242,8 +264,7 @@ class SliceReducer:
         Args:
             slices: ``(S, H, W)`` array, slice axis first, in the order selection should visit the slices; or a
                 list of 2D slices of mixed sizes (:meth:`monai_lessmore.io.Volume.slices`): each is hashed at its
-                own size, and pixel-wise measures (SSIM, MI, DeepNet) see them zero-padded at the bottom/right to
-                the largest size.
+                own size (HASH, EveryN, ALL); the pixel-wise measures (SSIM, MI, DeepNet) need one size and raise.
             rendered: ``slices`` are already 8-bit renderings (slice folders); otherwise they are rendered with
                 :func:`~monai_lessmore.reduction.preprocess.to_uint8`.
 
@@ -255,11 +276,17 @@ class SliceReducer:
         start = time.perf_counter()
         u8 = self.render(slices, rendered=rendered)
         if isinstance(u8, list):
+            if self.method in ("ssim", "mi", "deepnet"):
+                shapes = sorted({s.shape for s in u8})
+                raise ValueError(
+                    f"method {self.method!r} compares slices pixel by pixel, but this volume's slices differ in "
+                    f"size ({len(shapes)} sizes, e.g. {shapes[:3]}); resample them to one size first, or use method "
+                    "'hash' (each image is hashed at its own size)"
+                )
             hashes = _dhash_mixed(u8)
-            u8 = _pad_stack(u8)
         else:
             hashes = dhash(u8) if u8.shape[0] else np.zeros(0, dtype=np.uint64)
-        n = u8.shape[0]
+        n = len(u8)
         if n == 0:
             raise ValueError("the volume has no slices")
         threshold_used: float | None = self.threshold

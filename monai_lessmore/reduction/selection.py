@@ -171,9 +171,12 @@ def select_greedy(scores: np.ndarray, *, threshold: float | None = None, count: 
 def select_leader_count(scores: np.ndarray, count: int) -> tuple[np.ndarray, float | None]:
     """Leader selection that leaves exactly ``count`` slices.
 
-    Searches the pair scores for the largest threshold at which :func:`select_leader` still keeps at least
-    ``count`` slices, then removes the surplus with :func:`select_greedy` among the exemplars (most similar pair
-    first, later slice removed).
+    Finds a threshold at which :func:`select_leader` keeps at least ``count`` slices, then removes the surplus with
+    :func:`select_greedy` among those exemplars (most similar pair first, later slice removed). With few distinct
+    pair scores (at most 128, e.g. Hamming distances 0..64) every threshold is tried and the largest one that keeps
+    at least ``count`` is used. Otherwise the threshold comes from a binary search over the sorted pair scores. The
+    leader's kept count does not always fall as the threshold rises, so the search finds a threshold that keeps at
+    least ``count`` while the next larger candidate keeps fewer, not necessarily the largest such threshold.
 
     Returns:
         ``(kept indices, threshold used)``; the threshold is ``None`` when every slice is kept.
@@ -184,16 +187,22 @@ def select_leader_count(scores: np.ndarray, count: int) -> tuple[np.ndarray, flo
     if count >= n:
         return np.arange(n, dtype=np.int64), None
     candidates = np.unique(s[np.triu_indices(n, k=1)])
-    # invariant: leader(candidates[lo]) keeps >= count (or lo == -1 meaning "no threshold": all slices kept)
-    lo, hi = -1, candidates.size
     best = np.arange(n, dtype=np.int64)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        kept = select_leader(s, float(candidates[mid]))
-        if kept.size >= count:
-            lo, best = mid, kept
-        else:
-            hi = mid
+    lo = -1  # index of the chosen candidate; -1 = no threshold (all slices kept)
+    if candidates.size <= 128:
+        for i, c in enumerate(candidates):
+            kept = select_leader(s, float(c))
+            if kept.size >= count:
+                lo, best = i, kept
+    else:
+        hi = candidates.size
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            kept = select_leader(s, float(candidates[mid]))
+            if kept.size >= count:
+                lo, best = mid, kept
+            else:
+                hi = mid
     threshold = None if lo < 0 else float(candidates[lo])
     if best.size > count:
         sub = select_greedy(s[np.ix_(best, best)], count=count)

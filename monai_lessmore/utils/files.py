@@ -19,6 +19,12 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "cont
 _CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + rename in the same folder).
 
@@ -29,6 +35,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask), so outputs
+        # stay readable by the other users of a shared cluster folder
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if fsync:
@@ -65,7 +74,10 @@ def volume_files(path: str | os.PathLike) -> list[Path]:
     if p.is_dir():
         return sorted(f for f in p.rglob("*") if f.is_file())
     if p.parent.is_dir():
-        members = sorted(f for f in p.parent.glob(f"{p.name}_*") if f.is_file())
+        # the same grouping of slice images into volumes as the reader (monai_lessmore.io.slice_folder)
+        from monai_lessmore.io.slice_folder import scan_slice_folder
+
+        members = sorted(Path(f.path) for f in scan_slice_folder(p.parent).get(p.name, []))
         if members:
             return members
     raise FileNotFoundError(f"{p} does not exist (expected a volume file, a folder, or '<slice folder>/<volume id>')")

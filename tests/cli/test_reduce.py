@@ -192,3 +192,44 @@ def test_dicom_and_exported_png_folder_give_the_same_hashes(tmp_path):
     assert main(["reduce", str(out / "slices" / "pancreas_ct"), "-o", str(out2), "--method", "all", "--no-progress"]) == 0
     png_rows = read_manifest(out2 / "manifest.csv")
     assert [r["hash"] for r in png_rows] == [r["hash"] for r in dcm_rows]
+
+
+def test_rerun_with_other_settings_replaces_exported_slices(dataset, tmp_path):
+    out = tmp_path / "out"
+    vol = str(dataset / "phantom_00.nii.gz")
+    for threshold in ("2", "40"):
+        assert main(["reduce", vol, "-o", str(out), "--threshold", threshold, "--export", "png", "--no-progress"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        pngs = sorted(p.name for p in (out / "slices" / "phantom_00").glob("*.png"))
+        kept = [int(r["slice_index"]) for r in read_manifest(out / "manifest.csv") if r["kept"] == "1"]
+        assert pngs == sorted(f"phantom_00_{k}.png" for k in kept)
+        assert len(pngs) == summary["n_kept"]
+    assert not [p for p in (out / "slices").iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_warnings_and_completeness_are_reported(tmp_path, capsys):
+    import nibabel as nib
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.full((8, 8, 1), -1000, np.int16), np.diag([-1.0, -1, 1, 1])), str(folder / "one.nii.gz"))
+    nib.save(nib.Nifti1Image(np.full((8, 8, 5), 40, np.int16), np.diag([-1.0, -1, 1, 1])), str(folder / "const.nii.gz"))
+    assert main(["reduce", str(folder), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["complete"] is True and summary["pending"] == []
+    assert "single-slice" in summary["volumes"]["one"]["warnings"][0]
+    assert "constant" in summary["volumes"]["const"]["warnings"][0]
+    assert "warning: one: single-slice" in capsys.readouterr().out
+
+
+def test_nan_volume_is_named_by_the_dataset_filter_too(tmp_path):
+    import nibabel as nib
+
+    from monai_lessmore.data import SliceReductionFilter
+
+    data = np.zeros((8, 8, 4), np.float32)
+    data[1, 1, 1] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    with pytest.raises(ValueError, match=r"nan\.nii\.gz: 1 NaN/Inf voxels"):
+        SliceReductionFilter()([{"image": str(path)}])

@@ -187,5 +187,30 @@ def test_target_fraction_keeps_requested_count_for_every_method(small_volume, ra
 def test_deepnet_threshold_with_weights_file(small_volume, random_weights):
     result = SliceReducer(method="deepnet", threshold=0.999, deepnet_weights=random_weights).reduce(small_volume[:6])
     assert 1 <= result.n_kept <= 6
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        SliceReducer(method="deepnet", threshold=0.9, deepnet_weights="/nonexistent/weights.pt").reduce(small_volume[:3])
+
+
+@pytest.mark.parametrize("method", ["ssim", "mi", "deepnet"])
+def test_pixelwise_methods_refuse_slices_of_different_sizes(method, random_weights):
+    rng = np.random.default_rng(0)
+    slices = [rng.integers(0, 256, (64, 64)), rng.integers(0, 256, (64, 64)), np.zeros((200, 200))]
+    kwargs = {"deepnet_weights": random_weights} if method == "deepnet" else {}
+    with pytest.raises(ValueError, match="differ in size"):
+        SliceReducer(method=method, fraction=0.5, **kwargs).reduce(slices, rendered=True)
+    # HASH hashes each image at its own size
+    assert SliceReducer(fraction=0.5).reduce(slices, rendered=True).n_kept == 2
+
+
+def test_deepnet_weights_are_checked_before_any_work(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match=r"--deepnet-weights PATH"):
+        SliceReducer(method="deepnet", threshold=0.9)
+    with pytest.raises(ValueError, match="existing ResNet50 state-dict file"):
+        SliceReducer(method="deepnet", threshold=0.9, deepnet_weights=str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_non_finite_thresholds_are_rejected(bad):
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        SliceReducer(threshold=bad)

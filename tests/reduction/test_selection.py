@@ -153,3 +153,12 @@ def test_scores_must_be_square_and_finite():
         select_leader(np.zeros((3, 4)), 1)
     with pytest.raises(ValueError, match="NaN/Inf"):
         select_greedy(np.full((3, 3), np.nan), threshold=1.0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_leader_count_uses_the_largest_threshold_for_hamming_scores(seed):
+    d = random_hamming(30, seed)
+    for count in (2, 4, 9):
+        kept, thr = select_leader_count(d, count)
+        ok = [t for t in np.unique(d[np.triu_indices(30, 1)]) if len(select_leader(d, t)) >= count]
+        assert thr == float(max(ok)) or (thr is None and not ok)

@@ -58,3 +58,12 @@ def test_folder_and_slice_volume_digests(tmp_path):
     assert content_digest(slices / "vol") == digest  # another volume's file does not count
     with pytest.raises(FileNotFoundError, match="does not exist"):
         content_digest(tmp_path / "missing")
+
+
+def test_written_files_get_the_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_json(tmp_path / "summary.json", {})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -10,6 +10,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Transform
 
+from monai_lessmore.io.slice_folder import validate_order
 from monai_lessmore.reduction.preprocess import to_uint8
 
 __all__ = ["LoadSlice"]
@@ -26,16 +27,21 @@ class LoadSlice(Transform):
         order: slice order of slice folders: ``"index"`` or ``"filename"``.
         render: ``None`` (values as stored), ``"minmax"`` (per-slice min-max to 0..255, as the authors' PNGs) or an
             HU window ``[low, high]`` to 0..255.
-        dtype: output dtype.
+        dtype: output dtype, by name (``"float32"``, JSON-friendly for bundle configs) or as a ``torch.dtype``.
     """
 
-    def __init__(self, order: str = "index", render: str | Sequence[float] | None = None, dtype: torch.dtype = torch.float32) -> None:
-        if order not in ("index", "filename"):
-            raise ValueError(f"order must be 'index' or 'filename', got {order!r}")
+    def __init__(
+        self, order: str = "index", render: str | Sequence[float] | None = None, dtype: str | torch.dtype = "float32"
+    ) -> None:
+        validate_order(order)
         if render is not None and render != "minmax":
             from monai_lessmore.reduction.preprocess import validate_window
 
             render = list(validate_window(render))
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'float16', got {dtype!r}")
+            dtype = getattr(torch, dtype)
         self.order = order
         self.render = render
         self.dtype = dtype

@@ -31,7 +31,7 @@ class LoadSliced(MapTransform):
         slice_key: str = "slice_index",
         order: str = "index",
         render: str | Sequence[float] | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = "float32",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
