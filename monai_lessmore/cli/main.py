@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--volumes", type=_positive_int, default=4, help="phantom volumes to generate (default 4)")
     d.add_argument("--workers", type=_positive_int, default=1)
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-pretrain", action="store_true", help="skip the short SwAV pre-training on the kept slices")
+    d.add_argument("--pretrain-epochs", type=_positive_int, default=2, help="epochs of the demo pre-training (default 2)")
 
     r = sub.add_parser("report", help="figures of a reduce run: first kept slices per method, kept fraction per volume")
     r.add_argument("directory", metavar="DIR", help="the --output folder of a `lessmore reduce` run (holds summary.json)")
@@ -196,6 +198,58 @@ def _run_report(directory, **kwargs: Any) -> int:
     return 0
 
 
+def _ssl_bundle() -> Path | None:
+    """The pre-training bundle beside the package (a source checkout or editable install), if present."""
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "lessmore_ssl_pretrain"
+    return bundle if (bundle / "configs" / "train.json").is_file() else None
+
+
+def _run_demo(ns: argparse.Namespace) -> int:
+    """The main job on the embedded default: phantom volumes -> HASH-6 reduction -> a short SwAV pre-training
+    whose encoder is exported in torchvision ResNet50 key names."""
+    import subprocess
+
+    from monai_lessmore.phantom import write_phantom_dataset
+
+    out = Path(ns.output)
+    if out.exists() and not out.is_dir():
+        print(f"lessmore demo: error: --output {out} exists and is not a directory", file=sys.stderr)
+        return 2
+    paths = write_phantom_dataset(out / "phantom", n_volumes=ns.volumes)
+    print(f"wrote {len(paths)} synthetic CT volumes to {out / 'phantom'}; reducing with HASH-6 (leader)")
+    code = _run_reduce(
+        [str(out / "phantom")], str(out / "reduced"), {"method": "hash", "threshold": 6, "algorithm": "leader"},
+        "png", ns.workers, "index", not ns.no_progress,
+    )
+    print(f"kept slices exported as PNG to {out / 'reduced' / 'slices'}")
+    if code or ns.no_pretrain:
+        return code
+    bundle = _ssl_bundle()
+    if bundle is None:
+        print("pre-training skipped: bundles/lessmore_ssl_pretrain is not beside the installed package "
+              "(install from a source checkout: pip install -e .)")
+        return 0
+    run_dir = (out / "pretrain").resolve()
+    encoder = run_dir / "encoder.pt"
+    # tiny settings (the paper's are 512 px, batch 128, 800 epochs): a CPU run of about a minute
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", str(bundle / "configs" / "train.json"),
+        "--bundle_root", str(bundle), "--dataset_dir", str((out / "phantom").resolve()),
+        "--output_dir", str(run_dir), "--export_path", str(encoder), "--reduction_cache_dir", str(run_dir / "cache"),
+        "--max_epochs", str(ns.pretrain_epochs), "--batch_size", "4", "--input_size", "64",
+        "--crop_sizes", "[32,16]", "--num_crops", "[2,2]", "--max_slices", "16", "--num_workers", "0",
+        "--warmup_epochs", "0", "--progress_bar", "False",
+    ]
+    print(f"pre-training SwAV for {ns.pretrain_epochs} epochs on 16 kept slices (tiny CPU settings) ...", flush=True)
+    res = subprocess.run(cmd)
+    if res.returncode or not encoder.is_file():
+        print(f"lessmore demo: pre-training failed (exit {res.returncode}); see the log above", file=sys.stderr)
+        return 1
+    print(f"exported the pre-trained encoder (torchvision ResNet50 key names) to {encoder}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lessmore`` console script; returns the exit status."""
     ns = build_parser().parse_args(argv)
@@ -216,18 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "fetch-bundle":
         return run_fetch_bundle(ns)
     if ns.command == "demo":
-        from monai_lessmore.phantom import write_phantom_dataset
-
-        out = Path(ns.output)
-        if out.exists() and not out.is_dir():
-            print(f"lessmore demo: error: --output {out} exists and is not a directory", file=sys.stderr)
-            return 2
-        paths = write_phantom_dataset(out / "phantom", n_volumes=ns.volumes)
-        print(f"wrote {len(paths)} synthetic CT volumes to {out / 'phantom'}; reducing with HASH-6 (leader)")
-        return _run_reduce(
-            [str(out / "phantom")], str(out / "reduced"), {"method": "hash", "threshold": 6, "algorithm": "leader"},
-            "png", ns.workers, "index", not ns.no_progress,
-        )
+        return _run_demo(ns)
     raise AssertionError(ns.command)
 
 

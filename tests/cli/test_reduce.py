@@ -152,7 +152,7 @@ def test_parallel_workers_give_the_same_manifest(dataset, tmp_path):
 def test_console_script_and_demo(tmp_path):
     out = tmp_path / "demo"
     res = subprocess.run(
-        [sys.executable, "-m", "monai_lessmore.cli.main", "demo", "--output", str(out), "--volumes", "2", "--no-progress"],
+        [sys.executable, "-m", "monai_lessmore.cli.main", "demo", "--output", str(out), "--volumes", "2", "--no-progress", "--no-pretrain"],
         capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr

@@ -1,0 +1,25 @@
+"""Self-supervised pre-training of a ResNet50 on (reduced) CT slices: SwAV, MoCo v2 and SparK (paper section 2.2,
+appendices A-C), as losses, heads, transforms, optimisers and an ignite/MONAI engine for the bundle
+``bundles/lessmore_ssl_pretrain``."""
+
+from __future__ import annotations
+
+from monai_lessmore.ssl.backbone import ENCODER_DIM, resnet50_encoder, unwrap
+from monai_lessmore.ssl.data import build_pretrain_datalist, check_batch_size
+from monai_lessmore.ssl.engine import METHODS, MoCoStep, SparKStep, SSLStep, SwAVStep, build_loader, build_trainer
+from monai_lessmore.ssl.export import encoder_state_dict, export_encoder, export_from_checkpoint
+from monai_lessmore.ssl.moco import MoCoLoss, MoCoModel, MoCoProjectionHead, concat_all_gather, update_momentum
+from monai_lessmore.ssl.optim import LAMB, LARS, param_groups_exclude_bias_and_norm, warmup_cosine_schedule
+from monai_lessmore.ssl.queue import FeatureQueue
+from monai_lessmore.ssl.swav import SwAVLoss, SwAVModel, SwAVProjectionHead, SwAVPrototypes, sinkhorn
+from monai_lessmore.ssl.transforms import MakeViewsd, MoCoTransform, SparKTransform, SwAVTransform
+
+__all__ = [
+    "ENCODER_DIM", "resnet50_encoder", "unwrap", "build_pretrain_datalist", "check_batch_size",
+    "METHODS", "SSLStep", "SwAVStep", "MoCoStep", "SparKStep", "build_loader", "build_trainer",
+    "encoder_state_dict", "export_encoder", "export_from_checkpoint",
+    "MoCoLoss", "MoCoModel", "MoCoProjectionHead", "concat_all_gather", "update_momentum",
+    "LAMB", "LARS", "param_groups_exclude_bias_and_norm", "warmup_cosine_schedule", "FeatureQueue",
+    "SwAVLoss", "SwAVModel", "SwAVProjectionHead", "SwAVPrototypes", "sinkhorn",
+    "MakeViewsd", "MoCoTransform", "SparKTransform", "SwAVTransform",
+]

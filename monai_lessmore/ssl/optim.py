@@ -1,0 +1,167 @@
+"""Optimisers and learning-rate schedules of the three pre-training methods (spec section 3).
+
+- :class:`LARS` -- layer-wise adaptive rate scaling as SwAV runs it (apex ``LARC(SGD, trust_coefficient=0.001,
+  clip=False)``): momentum SGD whose per-tensor learning rate is scaled by
+  ``trust * ||w|| / (||g|| + weight_decay * ||w||)``; biases and normalisation parameters (1-D tensors) are
+  excluded from the adaptation and from weight decay (``exclude_bias_and_norm``).
+- :class:`LAMB` -- You et al. 2019 (used by SparK). None of this project's dependencies ships one
+  (``torch.optim`` and ``monai.optimizers`` have no LAMB; apex/timm are not dependencies), so this is a small
+  implementation of Algorithm 2 of the LAMB paper, tested against a step computed by hand.
+- :func:`warmup_cosine_schedule` -- per-iteration values: linear warm-up from ``start_lr`` to ``base_lr`` then
+  cosine decay to ``final_lr`` (SwAV's schedule, honouring start/final lr -- the authors' code ignored them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+__all__ = ["LARS", "LAMB", "warmup_cosine_schedule", "param_groups_exclude_bias_and_norm"]
+
+
+def param_groups_exclude_bias_and_norm(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two parameter groups: weights (weight decay, layer adaptation) and 1-D tensors (biases, BN: neither)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0, "exclude_from_adaptation": True},
+    ]
+
+
+class LARS(Optimizer):
+    """LARS as in SwAV's training (apex LARC with ``clip=False`` around ``SGD(momentum=0.9, weight_decay=1e-6)``).
+
+    Args:
+        params: parameters or groups (a group may set ``exclude_from_adaptation``).
+        lr: base learning rate (0.15 in Table 8; usually set per iteration by the schedule).
+        momentum: 0.9. weight_decay: 1e-6 (Table 8). trust_coefficient: 0.001 (SwAV).
+        exclude_bias_and_norm: skip adaptation and weight decay for 1-D parameters (biases, norm layers).
+        eps: added to the denominator.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.15,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        trust_coefficient: float = 0.001,
+        exclude_bias_and_norm: bool = True,
+        eps: float = 1e-8,
+    ) -> None:
+        if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0 or trust_coefficient <= 0:
+            raise ValueError(
+                f"LARS needs lr >= 0, 0 <= momentum < 1, weight_decay >= 0, trust_coefficient > 0; got lr={lr}, "
+                f"momentum={momentum}, weight_decay={weight_decay}, trust_coefficient={trust_coefficient}"
+            )
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+                        exclude_bias_and_norm=exclude_bias_and_norm, exclude_from_adaptation=False, eps=eps)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim API
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                excluded = group["exclude_from_adaptation"] or (group["exclude_bias_and_norm"] and p.ndim <= 1)
+                wd = 0.0 if excluded else group["weight_decay"]
+                if not excluded:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    trust = group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                    # LARC: no adaptation for tensors with zero weight or gradient norm
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), trust, torch.ones_like(trust))
+                    g = (g + wd * p) * trust
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = g.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(g)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+class LAMB(Optimizer):
+    """LAMB (You et al., 2019, Algorithm 2), the optimiser of SparK (paper appendix C, Table 10).
+
+    ``m, v`` are Adam moments with bias correction; the update ``r = m_hat / (sqrt(v_hat) + eps) + wd * w`` is
+    scaled per tensor by the trust ratio ``||w|| / ||r||`` (1 when either norm is 0).
+
+    Args:
+        params: parameters or groups. lr: learning rate. betas: (0.9, 0.999). eps: 1e-6.
+        weight_decay: decoupled weight decay in the update (SparK: 0.04-0.2 cosine; here constant).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 2.5e-5, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-6, weight_decay: float = 0.0) -> None:
+        if lr < 0 or eps <= 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"LAMB needs lr >= 0, eps > 0, weight_decay >= 0, betas in [0, 1); got lr={lr}, eps={eps}, "
+                             f"weight_decay={weight_decay}, betas={betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim API
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                r = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + group["eps"])
+                if group["weight_decay"]:
+                    r = r + group["weight_decay"] * p
+                w_norm, r_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(r)
+                trust = torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, torch.ones_like(w_norm))
+                p.add_(r * trust, alpha=-group["lr"])
+        return loss
+
+
+def warmup_cosine_schedule(
+    *, base_lr: float, final_lr: float, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0, start_lr: float = 0.0
+) -> np.ndarray:
+    """Learning rate for every iteration: linear warm-up then cosine decay (SwAV's ``main_swav.py``).
+
+    ``linspace(start_lr, base_lr, warmup_epochs * iters_per_epoch)`` followed by
+    ``final_lr + (base_lr - final_lr) * (1 + cos(pi * t / T)) / 2`` for the remaining ``T`` iterations.
+    Paper/SwAV defaults: base 0.15, warm-up 10 epochs, final 0.00015 (``start_lr`` 0 in SwAV's ImageNet runs).
+
+    Returns:
+        ``(epochs * iters_per_epoch,)`` float64 array.
+    """
+    if epochs < 1 or iters_per_epoch < 1:
+        raise ValueError(f"need epochs >= 1 and iters_per_epoch >= 1, got epochs={epochs}, iters_per_epoch={iters_per_epoch}")
+    if not 0 <= warmup_epochs <= epochs:
+        raise ValueError(f"warmup_epochs must be in 0..epochs ({epochs}), got {warmup_epochs}")
+    n_warm = warmup_epochs * iters_per_epoch
+    n_cos = (epochs - warmup_epochs) * iters_per_epoch
+    warm = np.linspace(start_lr, base_lr, n_warm, endpoint=True) if n_warm else np.zeros(0)
+    t = np.arange(n_cos)
+    cos = final_lr + 0.5 * (base_lr - final_lr) * (1 + np.cos(math.pi * t / max(n_cos, 1)))
+    return np.concatenate([warm, cos])
