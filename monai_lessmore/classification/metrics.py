@@ -43,17 +43,21 @@ class ProbabilityOutput:
         return _pred_label(output)
 
 
-class AUCOutput:
-    """``(scores, one-hot labels)`` for ``monai.handlers.ROCAUC``: class-1 probability when ``num_classes == 2``.
-
-    Args:
-        num_classes: number of classes (>= 2).
-    """
+class _PerClassCount:
+    """Base of the output transforms that depend on the number of classes (validated once, here)."""
 
     def __init__(self, num_classes: int) -> None:
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.num_classes = int(num_classes)
+
+
+class AUCOutput(_PerClassCount):
+    """``(scores, one-hot labels)`` for ``monai.handlers.ROCAUC``: class-1 probability when ``num_classes == 2``.
+
+    Args:
+        num_classes: number of classes (>= 2).
+    """
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
         probs, label = _pred_label(output)
@@ -62,17 +66,12 @@ class AUCOutput:
         return probs, torch.nn.functional.one_hot(label, self.num_classes).float()
 
 
-class F1Output:
+class F1Output(_PerClassCount):
     """Inputs for ``ignite.metrics.Fbeta``: binary ``(pred class, label)`` or multi-class ``(probs, label)``.
 
     Args:
         num_classes: number of classes (>= 2).
     """
-
-    def __init__(self, num_classes: int) -> None:
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.num_classes = int(num_classes)
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
         probs, label = _pred_label(output)
