@@ -28,3 +28,15 @@ def shared_data_path(*parts: str) -> Path:
 def shared_data() -> Path:
     """The ``../shared/data`` folder; the test is skipped when it is absent."""
     return shared_data_path()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make MONAI's download helpers fail: a test that needs the network fails instead of downloading."""
+    import monai.apps.utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(monai.apps.utils, "urlretrieve", refuse)
+    monkeypatch.setattr(monai.apps.utils, "urlopen", refuse, raising=False)

@@ -22,24 +22,13 @@ SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20220324.json"
 TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f) for f in ("train.json", "evaluate.json", "inference.json"))
 
 
-def _no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to download")
-
-    import monai.apps.utils
-
-    monkeypatch.setattr(monai.apps.utils, "urlretrieve", refuse)
-    monkeypatch.setattr(monai.apps.utils, "urlopen", refuse, raising=False)
-
-
 def test_layout():
     for f in ("configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",
               "configs/logging.conf", "docs/README.md", "LICENSE", "models/.gitkeep"):
         assert (BUNDLE / f).is_file(), f
 
 
-def test_metadata_is_valid_offline(monkeypatch, tmp_path):
-    _no_network(monkeypatch)
+def test_metadata_is_valid_offline(no_network, tmp_path):
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]

@@ -22,15 +22,6 @@ DRIVE_IDS = {
 }
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("tried to download")
-
-    monkeypatch.setattr(monai.apps.utils, "urlretrieve", refuse)
-    monkeypatch.setattr(monai.apps.utils, "urlopen", refuse, raising=False)
-
-
 def test_layout():
     for f in ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "large_files.yml",
               "docs/README.md", "LICENSE", "models/.gitkeep"):
