@@ -207,7 +207,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--similarity", action="store_true", help="also benchmark SSIM, MI and DeepNet (minutes)")
-    p.add_argument("--pairs-slices", type=int, default=16, help="slices for the similarity comparison")
+    p.add_argument("--pairs-slices", type=int, default=32, help="slices for the similarity comparison")
     args = p.parse_args()
     paths = [args.volume] if args.volume else default_volumes()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")

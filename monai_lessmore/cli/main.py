@@ -43,6 +43,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _size(text: str) -> tuple[int, int]:
+    from monai_lessmore.reduction.preprocess import validate_size
+
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+        size = validate_size(parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be HxW or N with positive integers (e.g. 512x512), got {text!r}") from None
+    assert size is not None
+    return size
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -66,6 +78,7 @@ def _add_reduction_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu or cuda, for ssim/mi/deepnet")
     g.add_argument("--bins", type=_positive_int, default=100, help="histogram bins for mi (default 100)")
     g.add_argument("--deepnet-weights", default="imagenet", help="deepnet: 'imagenet' (local torch cache only) or a state-dict file")
+    g.add_argument("--mixed-size", type=_size, default=None, metavar="HxW", help="ssim/mi/deepnet: resample the slices of volumes whose slices differ in size to HxW (or N for NxN) before comparing them (default: refuse such volumes)")
 
 
 def _reducer_args(ns: argparse.Namespace) -> dict[str, Any]:
@@ -79,6 +92,8 @@ def _reducer_args(ns: argparse.Namespace) -> dict[str, Any]:
         args["bins"] = ns.bins
     if ns.method == "deepnet":
         args["deepnet_weights"] = ns.deepnet_weights
+    if ns.mixed_size is not None and ns.method in ("ssim", "mi", "deepnet"):
+        args["mixed_size"] = ns.mixed_size
     return args
 
 

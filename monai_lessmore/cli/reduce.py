@@ -184,6 +184,13 @@ def process_volume(
 Executor = Callable[[Sequence[tuple[str, str]], tuple], Iterator[tuple[str, str, Callable[[], dict[str, Any]]]]]
 
 
+def _share_cores(threads: int) -> None:
+    """Process-pool initializer: limit this worker's torch (and compiled-kernel) threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def local_executor(workers: int = 1) -> Executor:
     """The default executor: in this process (``workers == 1``) or a spawn-started process pool."""
 
@@ -193,8 +200,12 @@ def local_executor(workers: int = 1) -> Executor:
                 # process_volume is looked up at call time so tests can monkeypatch it
                 yield source, name, lambda s=source, n=name: process_volume(s, n, *args, write_record=False)
             return
-        # spawn: workers must not inherit torch/BLAS thread pools from a forked parent
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        # spawn: workers must not inherit torch/BLAS thread pools from a forked parent; each gets its share of the
+        # cores (torch's count, which the compiled SSIM/MI kernels follow too) instead of all of them
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=_share_cores, initargs=(threads,)
+        ) as pool:
             futures = {pool.submit(process_volume, s, n, *args, write_record=False): (s, n) for s, n in todo}
             for fut in as_completed(futures):
                 s, n = futures[fut]

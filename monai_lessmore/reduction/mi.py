@@ -15,11 +15,13 @@ Shannon entropies as ``scipy.stats.entropy``; the marginal ones are computed onc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
+from monai_lessmore.reduction._jit import cpu_kernel, map_rows, resolve_threads
 from monai_lessmore.reduction.stack import as_slice_stack
 
 __all__ = ["pairwise_nmi", "histogram_bin_indices"]
@@ -124,6 +126,61 @@ def _nmi_from_counts(counts: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -
     return torch.where(ok, (h0 + h1) / torch.where(ok, h01, torch.ones_like(h01)), torch.full_like(h01, 2.0))
 
 
+@cpu_kernel
+def _nmi_row_kernel(idx, i, bins, widths, out):  # pragma: no cover - compiled by numba
+    """NMI of slice ``i`` with every slice ``j > i`` into ``out[j - i - 1]`` (the CPU kernel).
+
+    The joint counts of a pair are accumulated in four interleaved histograms (consecutive pixels often share a bin;
+    separate copies keep those increments independent), then turned into NMI exactly as :func:`_nmi_from_counts`:
+    cell ``c / (dx_a dy_b)``, Shannon entropies ``log S + sum(-q log q) / S`` of the joint and both marginals.
+    """
+    n, p = idx.shape
+    nb2 = bins * bins
+    h = np.zeros((4, nb2), dtype=np.int32)
+    col = np.empty(bins, dtype=np.float64)
+    row = np.empty(bins, dtype=np.float64)
+    code_i = np.empty(p, dtype=np.int32)
+    for t in range(p):
+        code_i[t] = np.int32(idx[i, t]) * bins
+    p4 = p - p % 4
+    for j in range(i + 1, n):
+        h[:] = 0
+        for t in range(0, p4, 4):
+            h[0, code_i[t] + idx[j, t]] += 1
+            h[1, code_i[t + 1] + idx[j, t + 1]] += 1
+            h[2, code_i[t + 2] + idx[j, t + 2]] += 1
+            h[3, code_i[t + 3] + idx[j, t + 3]] += 1
+        for t in range(p4, p):
+            h[0, code_i[t] + idx[j, t]] += 1
+        col[:] = 0.0
+        total = 0.0
+        ent = 0.0
+        for a in range(bins):
+            wa = widths[i, a]
+            rs = 0.0
+            for b in range(bins):
+                k = a * bins + b
+                c = h[0, k] + h[1, k] + h[2, k] + h[3, k]
+                if c > 0:
+                    q = c / (wa * widths[j, b])
+                    rs += q
+                    col[b] += q
+                    ent -= q * math.log(q)
+            row[a] = rs
+            total += rs
+        e0 = 0.0
+        e1 = 0.0
+        for a in range(bins):
+            if row[a] > 0:
+                e1 -= row[a] * math.log(row[a])
+            if col[a] > 0:
+                e0 -= col[a] * math.log(col[a])
+        log_total = math.log(total)
+        h01 = log_total + ent / total
+        # two constant slices: h01 = 0 (scikit-image: 0/0 = NaN); identical images, so the maximum 2
+        out[j - i - 1] = (2 * log_total + (e0 + e1) / total) / h01 if h01 > 0 else 2.0
+
+
 def _check_bins(bins: Any) -> int:
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
         raise ValueError(
@@ -136,7 +193,14 @@ def _check_bins(bins: Any) -> int:
     return int(bins)
 
 
-def pairwise_nmi(slices: Any, *, bins: int = 100, device: str | torch.device = "cpu") -> np.ndarray:
+def pairwise_nmi(
+    slices: Any,
+    *,
+    bins: int = 100,
+    device: str | torch.device = "cpu",
+    backend: str = "auto",
+    num_threads: int | None = None,
+) -> np.ndarray:
     """Studholme's normalised mutual information of every pair of slices of one volume (paper section 2.1).
 
     ``out[i, j]`` equals ``skimage.metrics.normalized_mutual_information(slices[i], slices[j], bins=bins)``
@@ -148,7 +212,10 @@ def pairwise_nmi(slices: Any, *, bins: int = 100, device: str | torch.device = "
         slices: ``(N, H, W)`` array/tensor or a list of equally shaped 2-D slices (any real dtype). All slices share
             one dtype, so bin edges are those scikit-image computes for a pair of slices of that dtype.
         bins: number of histogram bins per image, an integer >= 2 (sequences are not supported).
-        device: where the joint histograms are counted: "cpu" (numpy ``bincount``) or a CUDA device (torch).
+        device: where the joint histograms are counted: "cpu" or a CUDA device.
+        backend: "auto" (a compiled kernel on CPU, torch ``bincount`` on CUDA) or "torch" (torch on any device;
+            the GPU code path, also runnable on CPU).
+        num_threads: CPU threads for the compiled kernel; None uses ``torch.get_num_threads()``.
 
     Returns:
         ``(N, N)`` float64 symmetric matrix, values in [1, 2] (higher = more similar).
@@ -157,6 +224,9 @@ def pairwise_nmi(slices: Any, *, bins: int = 100, device: str | torch.device = "
         ValueError: ``bins`` not an integer >= 2, slices of different shapes or not ``(N, H, W)``, non-finite values.
     """
     bins = _check_bins(bins)
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto' (compiled kernel on CPU, torch on CUDA) or 'torch', got {backend!r}")
+    threads = resolve_threads(num_threads)
     stack = as_slice_stack(slices)
     if isinstance(stack, torch.Tensor):
         stack = stack.detach().cpu().numpy()
@@ -164,36 +234,25 @@ def pairwise_nmi(slices: Any, *, bins: int = 100, device: str | torch.device = "
     dev = torch.device(device)
     out = np.full((n, n), 2.0, dtype=np.float64)
     idx, widths = histogram_bin_indices(stack, bins)
+    if n > 1 and dev.type == "cpu" and backend == "auto":
+        map_rows(lambda i: _nmi_row_kernel(idx, i, bins, widths, out[i, i + 1 :]), range(n - 1), threads)
+        iu = np.triu_indices(n, 1)
+        out.T[iu] = out[iu]
+        return out
     nb2 = bins * bins
     w_t = torch.from_numpy(widths).to(dev)
-    # pairs (i, j > i) in chunks of consecutive j: joint counts of a chunk, then NMI of the chunk at once
+    # torch: pairs (i, j > i) in chunks of consecutive j, the joint counts of a chunk in one bincount, then the NMI
+    # of the chunk at once
     chunk = max(1, min(n - 1, (32 * 2**20) // (nb2 * 8 * 4)))
-    if dev.type == "cpu":
-        # one bincount per pair on CPU; the narrowest integer type that holds bins^2 halves the memory traffic
-        idx_c = torch.from_numpy(idx)
-        scaled = idx_c * bins  # row-major joint index i * bins + j, as np.ravel_multi_index
-        code = torch.empty(idx.shape[1], dtype=idx_c.dtype)
-        counts = torch.empty((chunk, nb2), dtype=torch.int64)
-        for i in range(n - 1):
-            for s in range(i + 1, n, chunk):
-                e = min(n, s + chunk)
-                for j in range(s, e):
-                    torch.add(scaled[i], idx_c[j], out=code)
-                    counts[j - s] = torch.bincount(code, minlength=nb2)
-                c = counts[: e - s].view(e - s, bins, bins)
-                vals = _nmi_from_counts(c, w_t[i].expand(e - s, bins), w_t[s:e]).numpy()
-                out[i, s:e] = vals
-                out[s:e, i] = vals
-    else:
-        idx_t = torch.from_numpy(idx).to(dev, torch.int64)
-        offsets = torch.arange(chunk, device=dev)[:, None] * nb2  # keep the pairs' histograms apart
-        for i in range(n - 1):
-            scaled_i = idx_t[i] * bins
-            for s in range(i + 1, n, chunk):
-                e = min(n, s + chunk)
-                codes = (idx_t[s:e] + scaled_i + offsets[: e - s]).reshape(-1)
-                c = torch.bincount(codes, minlength=(e - s) * nb2).view(e - s, bins, bins)
-                vals = _nmi_from_counts(c, w_t[i].expand(e - s, bins), w_t[s:e]).cpu().numpy()
-                out[i, s:e] = vals
-                out[s:e, i] = vals
+    idx_t = torch.from_numpy(idx).to(dev, torch.int64)
+    offsets = torch.arange(chunk, device=dev)[:, None] * nb2  # keep the pairs' histograms apart
+    for i in range(n - 1):
+        scaled_i = idx_t[i] * bins
+        for s in range(i + 1, n, chunk):
+            e = min(n, s + chunk)
+            codes = (idx_t[s:e] + scaled_i + offsets[: e - s]).reshape(-1)
+            c = torch.bincount(codes, minlength=(e - s) * nb2).view(e - s, bins, bins)
+            vals = _nmi_from_counts(c, w_t[i].expand(e - s, bins), w_t[s:e]).cpu().numpy()
+            out[i, s:e] = vals
+            out[s:e, i] = vals
     return out

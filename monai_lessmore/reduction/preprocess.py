@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["to_uint8", "validate_window"]
+__all__ = ["to_uint8", "validate_window", "validate_size", "resize_uint8"]
 
 
 def validate_window(window: Sequence[float] | None) -> tuple[float, float] | None:
@@ -112,4 +112,34 @@ def _minmax_lut(stack: np.ndarray, lo: np.ndarray, span: np.ndarray, out: np.nda
         lut = np.rint(levels / span[i] * 255.0).astype(np.uint8)
         idx = (sl - sl.dtype.type(lo[i])) if sl.dtype.kind == "f" else (sl.astype(np.int64) - int(lo[i]))
         out[i] = lut[idx.astype(np.intp, copy=False)]
+    return out
+
+
+def validate_size(size: int | Sequence[int] | None, name: str = "mixed_size") -> tuple[int, int] | None:
+    """``None``, or a slice size ``(H, W)`` of positive integers (an int ``n`` means ``(n, n)``)."""
+    if size is None:
+        return None
+    if isinstance(size, (str, bytes)):
+        raise ValueError(f"{name} must be a positive integer N (N x N) or a pair (H, W) of them, got {size!r}")
+    items = [size] if isinstance(size, (int, np.integer)) and not isinstance(size, bool) else size
+    try:
+        hw = [int(v) for v in items]  # type: ignore[union-attr]
+        ok = len(hw) in (1, 2) and all(v >= 1 and not isinstance(v0, bool) and float(v0) == v
+                                       for v, v0 in zip(hw, items))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive integer N (N x N) or a pair (H, W) of them, got {size!r}")
+    return (hw[0], hw[0]) if len(hw) == 1 else (hw[0], hw[1])
+
+
+def resize_uint8(slices: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Resample 2-D uint8 slices of any sizes to one ``(H, W)`` with Pillow's bilinear filter (antialiased when it
+    shrinks), as an ``(S, H, W)`` uint8 stack. Slices already of that size are copied unchanged."""
+    from PIL import Image
+
+    h, w = size
+    out = np.empty((len(slices), h, w), dtype=np.uint8)
+    for k, s in enumerate(slices):
+        out[k] = s if s.shape == (h, w) else np.asarray(Image.fromarray(s).resize((w, h), Image.BILINEAR))
     return out

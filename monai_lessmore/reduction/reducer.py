@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from monai_lessmore.reduction.methods import get_method, pairwise_scores, validate_threshold
-from monai_lessmore.reduction.preprocess import to_uint8, validate_window
+from monai_lessmore.reduction.preprocess import resize_uint8, to_uint8, validate_size, validate_window
 from monai_lessmore.reduction.selection import (
     select_all,
     select_every_n,
@@ -29,6 +29,8 @@ ALGORITHMS = ("leader", "greedy")
 
 
 _EMBEDDERS: dict[tuple[str, str], Any] = {}
+#: methods that compare slices pixel by pixel (all slices of a volume must then have one size)
+_PIXELWISE = ("ssim", "mi", "deepnet")
 
 
 def _check_deepnet_weights(weights: Any) -> None:
@@ -120,6 +122,10 @@ class SliceReducer:
         device: ``"cpu"`` or ``"cuda"`` for SSIM/MI/DeepNet.
         bins: histogram bins for MI.
         deepnet_weights: ``"imagenet"`` (local torch cache only), a state-dict path, or ``"random"`` (tests).
+        mixed_size: for SSIM/MI/DeepNet, the size ``(H, W)`` (or ``N`` for ``N x N``) to which the 8-bit slices of a
+            volume whose slices *differ in size* (slice folders of mixed image sizes) are resampled before they are
+            compared (Pillow bilinear). Volumes of one slice size are compared as they are; hashes are always taken
+            at each slice's own size. ``None`` (default) refuses such volumes with an error.
 
     Raises:
         ValueError: for settings that do not fit together, naming the argument and the fix.
@@ -137,6 +143,7 @@ class SliceReducer:
         device: str = "cpu",
         bins: int = 100,
         deepnet_weights: str | None = "imagenet",
+        mixed_size: int | Sequence[int] | None = None,
     ) -> None:
         self.spec = get_method(method)
         self.method = self.spec.name
@@ -196,6 +203,7 @@ class SliceReducer:
         if self.method == "deepnet":
             _check_deepnet_weights(deepnet_weights)
         self.deepnet_weights = deepnet_weights
+        self.mixed_size = validate_size(mixed_size)
 
     # ------------------------------------------------------------------ settings
     def params(self) -> dict[str, Any]:
@@ -213,6 +221,8 @@ class SliceReducer:
             out["bins"] = self.bins
         if self.method == "deepnet":
             out["deepnet_weights"] = str(self.deepnet_weights)
+        if self.mixed_size is not None and self.method in _PIXELWISE:
+            out["mixed_size"] = list(self.mixed_size)
         return out
 
     def __repr__(self) -> str:
@@ -275,14 +285,18 @@ class SliceReducer:
 
         start = time.perf_counter()
         u8 = self.render(slices, rendered=rendered)
+        compared = u8
         if isinstance(u8, list):
-            if self.method in ("ssim", "mi", "deepnet"):
-                shapes = sorted({s.shape for s in u8})
-                raise ValueError(
-                    f"method {self.method!r} compares slices pixel by pixel, but this volume's slices differ in "
-                    f"size ({len(shapes)} sizes, e.g. {shapes[:3]}); resample them to one size first, or use method "
-                    "'hash' (each image is hashed at its own size)"
-                )
+            if self.method in _PIXELWISE:
+                if self.mixed_size is None:
+                    shapes = sorted({s.shape for s in u8})
+                    raise ValueError(
+                        f"method {self.method!r} compares slices pixel by pixel, but this volume's slices differ in "
+                        f"size ({len(shapes)} sizes, e.g. {shapes[:3]}); pass mixed_size=(H, W) (command line: "
+                        "--mixed-size HxW) to resample them to one size for the comparison, or use method 'hash' "
+                        "(each image is hashed at its own size)"
+                    )
+                compared = resize_uint8(u8, self.mixed_size)
             hashes = _dhash_mixed(u8)
         else:
             hashes = dhash(u8) if u8.shape[0] else np.zeros(0, dtype=np.uint64)
@@ -302,7 +316,7 @@ class SliceReducer:
         else:
             scores = pairwise_scores(
                 self.spec,
-                u8,
+                compared,
                 hashes=hashes,
                 device=self.device,
                 bins=self.bins,

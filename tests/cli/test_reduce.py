@@ -233,3 +233,20 @@ def test_nan_volume_is_named_by_the_dataset_filter_too(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
     with pytest.raises(ValueError, match=r"nan\.nii\.gz: 1 NaN/Inf voxels"):
         SliceReductionFilter()([{"image": str(path)}])
+
+
+def test_mixed_size_slice_folder_with_pixelwise_method(tmp_path, capsys):
+    # this radiopaedia volume's 13 JPG slices all differ in size (each is cropped to the body)
+    volume = shared_data_path("ct", "slices", "covid19_ct_seg") / "Data-1_radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm"
+    refused = tmp_path / "refused"
+    assert main(["reduce", str(volume), "-o", str(refused), "--method", "mi", "--count", "5", "--no-progress"]) == 1
+    assert "--mixed-size HxW" in json.loads((refused / "summary.json").read_text())["failures"][0]["error"]
+    out = tmp_path / "out"
+    args = ["reduce", str(volume), "-o", str(out), "--method", "mi", "--count", "5", "--mixed-size", "128x96", "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_kept"] == 5 and summary["params"]["mixed_size"] == [128, 96]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["reduce", str(volume), "-o", str(tmp_path / "x"), "--method", "mi", "--mixed-size", "12x0"])
+    assert "must be HxW or N with positive integers" in capsys.readouterr().err

@@ -16,7 +16,8 @@ from skimage.metrics import normalized_mutual_information
 from monai_lessmore.reduction.mi import histogram_bin_indices, pairwise_nmi
 from tests.reduction.test_ssim import covid_jpg, pancreas_hu
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: (device, backend): the compiled CPU kernel, and the torch code path of CUDA run on CPU (and on CUDA when present)
+PATHS = [("cpu", "auto"), ("cpu", "torch")] + ([("cuda", "auto")] if torch.cuda.is_available() else [])
 
 
 def skimage_matrix(vol: np.ndarray, bins: int) -> np.ndarray:
@@ -30,26 +31,29 @@ def skimage_matrix(vol: np.ndarray, bins: int) -> np.ndarray:
     return ref
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device, backend", PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
-def test_real_ct_hu_matches_skimage(device, dtype):
+def test_real_ct_hu_matches_skimage(device, backend, dtype):
     vol = pancreas_hu().astype(dtype)  # whole-number HU: the lookup-table path
-    np.testing.assert_allclose(pairwise_nmi(vol, bins=100, device=device), skimage_matrix(vol, 100), atol=1e-12)
+    got = pairwise_nmi(vol, bins=100, device=device, backend=backend)
+    np.testing.assert_allclose(got, skimage_matrix(vol, 100), atol=1e-12)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device, backend", PATHS)
 @pytest.mark.parametrize("bins", [100, 32, 256])
-def test_real_8bit_slices_match_skimage(device, bins):
+def test_real_8bit_slices_match_skimage(device, backend, bins):
     vol = covid_jpg()
-    np.testing.assert_allclose(pairwise_nmi(vol, bins=bins, device=device), skimage_matrix(vol, bins), atol=1e-12)
+    got = pairwise_nmi(vol, bins=bins, device=device, backend=backend)
+    np.testing.assert_allclose(got, skimage_matrix(vol, bins), atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch"])
 @pytest.mark.parametrize("bins", [2, 7, 100])
-def test_non_integral_floats_match_skimage(bins):
+def test_non_integral_floats_match_skimage(bins, backend):
     rng = np.random.default_rng(bins)
     base = rng.normal(size=(40, 30))
     vol = (base + rng.normal(scale=0.3, size=(5, 40, 30))).astype(np.float32) * 700 + 1000
-    np.testing.assert_allclose(pairwise_nmi(vol, bins=bins), skimage_matrix(vol, bins), atol=1e-12)
+    np.testing.assert_allclose(pairwise_nmi(vol, bins=bins, backend=backend), skimage_matrix(vol, bins), atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.uint8, np.float16])
@@ -68,11 +72,12 @@ def test_float16_overflow_is_reported():
         pairwise_nmi(vol)
 
 
-def test_constant_slices():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_constant_slices(backend):
     rng = np.random.default_rng(3)
     vol = np.stack([np.zeros((20, 20)), np.full((20, 20), 7.0), rng.random((20, 20))])
     ref = skimage_matrix(vol, 100)
-    got = pairwise_nmi(vol)
+    got = pairwise_nmi(vol, backend=backend)
     # scikit-image: 0/0 = NaN for two constant slices; here they count as identical (2)
     assert np.isnan(ref[0, 1]) and got[0, 1] == got[1, 0] == 2.0
     finite = ~np.isnan(ref)
@@ -87,6 +92,13 @@ def test_bin_indices_are_numpys():
             counts, edges = np.histogramdd([vol[i].ravel()], bins=10)
             np.testing.assert_array_equal(np.bincount(idx[i], minlength=10), counts)
             np.testing.assert_array_equal(widths[i], np.diff(edges[0]))
+
+
+def test_threads_do_not_change_the_result():
+    vol = np.random.default_rng(8).integers(0, 256, size=(9, 30, 30)).astype(np.uint8)
+    one = pairwise_nmi(vol, num_threads=1)
+    np.testing.assert_array_equal(pairwise_nmi(vol, num_threads=3), one)
+    np.testing.assert_allclose(one, skimage_matrix(vol, 100), atol=1e-12)
 
 
 def test_inputs_and_diagonal():
@@ -109,6 +121,10 @@ def test_bad_input_messages():
             pairwise_nmi(vol, bins=bad)
     with pytest.raises(ValueError, match=r"same shape.*\(8, 8\).*\(9, 8\)"):
         pairwise_nmi([np.zeros((8, 8)), np.zeros((9, 8))])
+    with pytest.raises(ValueError, match="backend must be 'auto'.*or 'torch', got 'cuda'"):
+        pairwise_nmi(vol, backend="cuda")
+    with pytest.raises(ValueError, match="num_threads must be a positive integer or None"):
+        pairwise_nmi(vol, num_threads=0)
     bad_vol = np.zeros((2, 8, 8))
     bad_vol[1, 0, 0] = np.inf
     with pytest.raises(ValueError, match="slice 1.*NaN or infinite"):

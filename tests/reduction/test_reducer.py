@@ -194,10 +194,38 @@ def test_pixelwise_methods_refuse_slices_of_different_sizes(method, random_weigh
     rng = np.random.default_rng(0)
     slices = [rng.integers(0, 256, (64, 64)), rng.integers(0, 256, (64, 64)), np.zeros((200, 200))]
     kwargs = {"deepnet_weights": random_weights} if method == "deepnet" else {}
-    with pytest.raises(ValueError, match="differ in size"):
+    with pytest.raises(ValueError, match=r"differ in size.*mixed_size=\(H, W\).*--mixed-size HxW"):
         SliceReducer(method=method, fraction=0.5, **kwargs).reduce(slices, rendered=True)
     # HASH hashes each image at its own size
     assert SliceReducer(fraction=0.5).reduce(slices, rendered=True).n_kept == 2
+
+
+@pytest.mark.parametrize("method", ["ssim", "mi"])
+def test_mixed_size_resamples_only_for_the_comparison(method):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (48, 48)).astype(np.uint8)
+    big = np.asarray(Image.fromarray(base).resize((96, 96), Image.BILINEAR))
+    other = rng.integers(0, 256, (48, 48)).astype(np.uint8)
+    slices = [base, big, other, base.copy()]
+    result = SliceReducer(method=method, count=2, mixed_size=48).reduce(slices, rendered=True)
+    # same decision as comparing the explicitly resampled stack; hashes still of each image at its own size
+    resampled = np.stack([base, np.asarray(Image.fromarray(big).resize((48, 48), Image.BILINEAR)), other, base])
+    expected = SliceReducer(method=method, count=2).reduce(resampled, rendered=True)
+    np.testing.assert_array_equal(result.kept, expected.kept)
+    assert result.hashes[1] == str(imagehash.dhash(Image.fromarray(big)))
+    assert SliceReducer(method=method, count=2, mixed_size=(48, 40)).params()["mixed_size"] == [48, 40]
+    assert "mixed_size" not in SliceReducer(method="hash", mixed_size=48).params()  # hashing ignores it
+    # a volume of one slice size is compared as it is
+    same = SliceReducer(method=method, count=2, mixed_size=16).reduce(resampled, rendered=True)
+    np.testing.assert_array_equal(same.kept, expected.kept)
+
+
+@pytest.mark.parametrize("bad", [0, -3, (4, 0), (1, 2, 3), "64", 2.5, True])
+def test_mixed_size_is_validated(bad):
+    with pytest.raises(ValueError, match="mixed_size must be a positive integer N"):
+        SliceReducer(method="ssim", threshold=0.9, mixed_size=bad)
 
 
 def test_deepnet_weights_are_checked_before_any_work(monkeypatch, tmp_path):

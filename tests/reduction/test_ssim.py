@@ -14,7 +14,8 @@ from skimage.metrics import structural_similarity
 from monai_lessmore.reduction.ssim import pairwise_ssim
 from tests.conftest import shared_data_path
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: (device, backend): the compiled CPU kernel, and the torch code path of CUDA run on CPU (and on CUDA when present)
+PATHS = [("cpu", "auto"), ("cpu", "torch")] + ([("cuda", "auto")] if torch.cuda.is_available() else [])
 
 
 def skimage_matrix(vol: np.ndarray, data_range: float, **kwargs) -> np.ndarray:
@@ -58,23 +59,23 @@ def covid_jpg(n: int = 6) -> np.ndarray:
     return np.stack([np.asarray(Image.open(f).convert("L"))[:128, :128] for f in files])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device, backend", PATHS)
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-9), ("float32", 1e-5)])
-def test_real_ct_hu_matches_skimage(device, dtype, tol):
+def test_real_ct_hu_matches_skimage(device, backend, dtype, tol):
     vol = pancreas_hu()
     data_range = float(vol.max() - vol.min())
     ref = skimage_matrix(vol, data_range)
-    got = pairwise_ssim(vol, data_range=data_range, dtype=dtype, device=device)
+    got = pairwise_ssim(vol, data_range=data_range, dtype=dtype, device=device, backend=backend)
     assert got.dtype == np.float64 and got.shape == (6, 6)
     np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device, backend", PATHS)
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-9), ("float32", 1e-5)])
-def test_real_8bit_slices_match_skimage(device, dtype, tol):
+def test_real_8bit_slices_match_skimage(device, backend, dtype, tol):
     vol = covid_jpg()
     ref = skimage_matrix(vol, 255)
-    got = pairwise_ssim(vol, data_range=255, dtype=dtype, device=device)
+    got = pairwise_ssim(vol, data_range=255, dtype=dtype, device=device, backend=backend)
     np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
 
 
@@ -90,7 +91,8 @@ def test_real_8bit_slices_match_skimage(device, dtype, tol):
         ((4, 32, 32), {"K1": 0.05, "K2": 0.1}),
     ],
 )
-def test_synthetic_options_match_skimage(shape, kwargs):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_synthetic_options_match_skimage(shape, kwargs, backend):
     rng = np.random.default_rng(sum(shape))
     base = rng.normal(size=shape[1:])
     vol = base + rng.normal(scale=0.5, size=shape)  # related slices, SSIM well away from 0
@@ -102,6 +104,7 @@ def test_synthetic_options_match_skimage(shape, kwargs):
         sigma=kwargs.get("sigma", 1.5),
         k1=kwargs.get("K1", 0.01),
         k2=kwargs.get("K2", 0.03),
+        backend=backend,
     )
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
 
@@ -110,7 +113,17 @@ def test_synthetic_options_match_skimage(shape, kwargs):
 def test_chunking_does_not_change_the_result(chunk_size):
     vol = np.random.default_rng(1).integers(0, 4096, size=(7, 24, 20)).astype(np.int16)
     ref = skimage_matrix(vol, 4095)
-    np.testing.assert_allclose(pairwise_ssim(vol, data_range=4095, chunk_size=chunk_size), ref, atol=1e-10)
+    got = pairwise_ssim(vol, data_range=4095, chunk_size=chunk_size, backend="torch")
+    np.testing.assert_allclose(got, ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_threads_do_not_change_the_result(dtype):
+    vol = np.random.default_rng(7).integers(0, 256, size=(9, 40, 36)).astype(np.uint8)
+    one = pairwise_ssim(vol, data_range=255, dtype=dtype, num_threads=1)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(pairwise_ssim(vol, data_range=255, dtype=dtype, num_threads=threads), one)
+    np.testing.assert_allclose(one, skimage_matrix(vol, 255), atol=1e-5 if dtype == "float32" else 1e-10)
 
 
 def test_inputs_list_tensor_and_single_slice():
@@ -150,9 +163,15 @@ def test_bad_input_messages():
         pairwise_ssim(vol, data_range=1.0, dtype="float16")
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         pairwise_ssim(vol, data_range=1.0, chunk_size=0)
+    with pytest.raises(ValueError, match="backend must be 'auto'.*or 'torch', got 'numba'"):
+        pairwise_ssim(vol, data_range=1.0, backend="numba")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_threads must be a positive integer or None"):
+            pairwise_ssim(vol, data_range=1.0, num_threads=bad)
     with pytest.raises(ValueError, match="sigma must be"):
         pairwise_ssim(vol, data_range=1.0, sigma=0)
     nan_vol = vol.copy()
     nan_vol[1, 3, 3] = np.nan
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        pairwise_ssim(nan_vol, data_range=1.0)
+    for backend in ("auto", "torch"):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            pairwise_ssim(nan_vol, data_range=1.0, backend=backend)

@@ -1,0 +1,60 @@
+"""Compiled CPU kernels for the pairwise measures: the numba settings they share, and their fan-out over threads.
+
+The all-pairs SSIM and MI loops are compiled with numba (LLVM) rather than run as a sequence of torch operations:
+a fused kernel makes one pass over each pair's pixels where torch makes ~30 memory-bound passes, which is what
+brings them to >= 20x scikit-image per core (``docs/benchmarks.md``). The CUDA paths stay in torch.
+
+Settings, chosen for exactness first:
+
+- ``error_model="numpy"``: IEEE division (no Python ZeroDivisionError branch, which would stop vectorisation);
+- ``fastmath`` limited to ``contract`` (FMA), ``reassoc`` (vectorised sums), ``nsz`` and ``arcp`` -- no ``nnan`` or
+  ``ninf``, so NaN and infinity keep their meaning; the effect on results is measured in the tests (SSIM float32
+  within ~2e-6 of scikit-image, MI within ~1e-14);
+- ``nogil=True``: kernels run in parallel threads of one process (:func:`map_rows`);
+- ``cache=True``: compiled code is kept in ``__pycache__`` (or numba's per-user cache when the package folder is
+  read-only), so only the first call on a machine pays the ~1-2 s compilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["cpu_kernel", "map_rows", "resolve_threads"]
+
+_FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
+
+
+def cpu_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compile ``fn`` with the shared numba settings (lazily, on its first call)."""
+    from numba import njit
+
+    return njit(nogil=True, cache=True, error_model="numpy", fastmath=set(_FASTMATH))(fn)
+
+
+def resolve_threads(num_threads: int | None) -> int:
+    """``num_threads`` validated; None means torch's intra-op thread count (what the torch paths would use)."""
+    if num_threads is None:
+        import torch
+
+        return max(1, torch.get_num_threads())
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or None (torch's thread count), got {num_threads!r}")
+    return num_threads
+
+
+def map_rows(fn: Callable[[int], None], rows: Iterable[int], num_threads: int) -> None:
+    """Call ``fn(row)`` for every row, on ``num_threads`` threads (a ``nogil`` kernel inside ``fn`` runs in parallel).
+
+    Rows are handed out in the given order as threads become free, so listing the longest rows first balances the
+    triangular all-pairs loop. The first exception raised by ``fn`` is re-raised.
+    """
+    rows = list(rows)
+    if num_threads == 1 or len(rows) <= 1:
+        for r in rows:
+            fn(r)
+        return
+    with ThreadPoolExecutor(max_workers=min(num_threads, len(rows))) as pool:
+        for fut in [pool.submit(fn, r) for r in rows]:
+            fut.result()
