@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -220,6 +221,13 @@ def wrap_ddp(module: nn.Module, device: str | torch.device, sync_bn: bool = Fals
     if _as_bool(sync_bn):
         if device.type != "cuda":
             raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); set --sync_bn false on CPU/gloo")
+        if getattr(module, "shuffle_bn", False):
+            warnings.warn(
+                "sync_bn with MoCo's shuffling BN: synchronised batch statistics are global, so shuffling the keys "
+                "across ranks no longer keeps a query's and its key's statistics apart; the official MoCo uses "
+                "per-GPU BN (--sync_bn false)",
+                stacklevel=2,
+            )
         module = _convert_plain_bn_to_sync(module)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)

@@ -113,6 +113,10 @@ class AtomicCheckpointSaver:
         epoch = engine.state.epoch
         if epoch % self.save_interval and epoch != engine.state.max_epochs:
             return
+        for v in self.save_dict.values():  # collective, every rank: per-rank state (SwAV's queues) to rank 0
+            gather = getattr(v, "gather_ranks", None)
+            if callable(gather):
+                gather()
         if not is_rank0():
             return
         obj = {k: (v.module if isinstance(v, torch.nn.parallel.DistributedDataParallel) else v).state_dict()

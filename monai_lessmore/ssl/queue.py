@@ -2,13 +2,26 @@
 
 It is an ``nn.Module`` whose state lives in buffers, so it is saved and restored with a checkpoint (resume
 continues with the same queue). It is deliberately kept *outside* any ``DistributedDataParallel`` wrapper: DDP
-would broadcast rank 0's buffers to every rank at each forward, while SwAV keeps one queue per rank.
+would broadcast rank 0's buffers to every rank at each forward, while SwAV keeps one queue per rank. Such a
+``per_rank`` queue is gathered from every rank into rank 0's checkpoint (:meth:`FeatureQueue.gather_ranks`) and
+each rank gets its own back on resume.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
+
+_RANK_KEYS = ("rank_data", "rank_ptr", "rank_num_filled")
+
+
+def _dist_world() -> tuple[int, int]:
+    """``(world size, rank)``, ``(1, 0)`` outside ``torch.distributed``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
 
 __all__ = ["FeatureQueue"]
 
@@ -21,9 +34,11 @@ class FeatureQueue(nn.Module):
         dim: feature width (128 for both methods here).
         num_queues: independent queues (SwAV: one per crop used for assignment; MoCo: 1).
         init: ``"zeros"`` or ``"normal"`` (MoCo initialises its keys with L2-normalised Gaussian noise).
+        per_rank: under DDP every rank holds different contents (SwAV's queue of its own embeddings); MoCo's queue,
+            filled with keys gathered from all ranks, is the same everywhere (False).
     """
 
-    def __init__(self, size: int, dim: int, num_queues: int = 1, init: str = "zeros") -> None:
+    def __init__(self, size: int, dim: int, num_queues: int = 1, init: str = "zeros", per_rank: bool = False) -> None:
         super().__init__()
         if int(size) < 1 or int(dim) < 1 or int(num_queues) < 1:
             raise ValueError(f"queue size, dim and num_queues must be >= 1, got size={size}, dim={dim}, num_queues={num_queues}")
@@ -35,6 +50,48 @@ class FeatureQueue(nn.Module):
         self.register_buffer("data", data)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_filled", torch.zeros((), dtype=torch.long))
+        self.per_rank = bool(per_rank)
+        self._gathered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def gather_ranks(self) -> None:
+        """Collective (call on every rank before rank 0 takes ``state_dict()``): for a ``per_rank`` queue under DDP,
+        gather every rank's contents, so the next ``state_dict()`` also holds ``rank_data`` ``(world, Q, size,
+        dim)``, ``rank_ptr`` and ``rank_num_filled``. A no-op otherwise."""
+        world, _ = _dist_world()
+        if not self.per_rank or world == 1:
+            self._gathered = None
+            return
+        gathered = []
+        for t in (self.data, self.ptr.view(1), self.num_filled.view(1)):
+            parts = [torch.empty_like(t) for _ in range(world)]
+            torch.distributed.all_gather(parts, t.contiguous())
+            gathered.append(torch.stack(parts))
+        self._gathered = (gathered[0], gathered[1].view(world), gathered[2].view(world))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: D102 - nn.Module hook
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._gathered is not None:
+            for key, value in zip(_RANK_KEYS, self._gathered):
+                destination[prefix + key] = value
+            self._gathered = None  # a later state_dict() without a new gather must not hold stale contents
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # noqa: D102 - nn.Module hook
+        if prefix + _RANK_KEYS[0] in state_dict:
+            data, ptr, filled = (state_dict.pop(prefix + k) for k in _RANK_KEYS)
+            world, rank = _dist_world()
+            if data.shape[0] == world:  # each rank resumes with its own queue
+                state_dict[prefix + "data"], state_dict[prefix + "ptr"] = data[rank], ptr[rank]
+                state_dict[prefix + "num_filled"] = filled[rank]
+            else:
+                warnings.warn(
+                    f"the checkpoint holds the queues of {data.shape[0]} ranks but this run has {world}; every rank "
+                    "continues with rank 0's queue",
+                    stacklevel=2,
+                )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @property
     def size(self) -> int:

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from monai_lessmore.ssl.moco import MoCoLoss, MoCoProjectionHead, update_momentum
+from monai_lessmore.ssl.moco import MoCoLoss, MoCoModel, MoCoProjectionHead, shuffled_keys, update_momentum
 from monai_lessmore.ssl.queue import FeatureQueue
 
 
@@ -67,3 +67,40 @@ def test_infonce_matches_manual_and_prefers_positives():
     torch.testing.assert_close(loss(q, k, neg), expected)
     assert loss(q, q, neg) < loss(q, k, neg)
     assert torch.isfinite(loss(q, k))  # in-batch negatives when the queue is empty
+
+
+def _batch_centred(v: torch.Tensor) -> torch.Tensor:
+    """A stand-in for a train-mode BN encoder: each output depends on the statistics of the batch it is in."""
+    return v - v.mean(dim=0, keepdim=True)
+
+
+def test_shuffled_keys_use_other_batch_statistics_and_keep_order():
+    x = torch.arange(12.0).view(6, 2) ** 2
+    torch.manual_seed(3)
+    got = shuffled_keys(_batch_centred, x, splits=2)
+    torch.manual_seed(3)
+    perm = torch.randperm(6)
+    expected = torch.empty_like(x)
+    for part in perm.chunk(2):  # each key normalised with the sub-batch it was shuffled into, returned in x's order
+        expected[part] = _batch_centred(x[part])
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, _batch_centred(x))
+    # sub-batches keep at least 2 samples; splits=1 is the plain encoder
+    torch.testing.assert_close(shuffled_keys(_batch_centred, x[:3], splits=4), _batch_centred(x[:3]))
+    torch.testing.assert_close(shuffled_keys(_batch_centred, x, splits=1), _batch_centred(x))
+
+
+def test_moco_model_shuffle_bn_only_in_train_mode():
+    torch.manual_seed(0)
+    model = MoCoModel(hidden_dim=32, output_dim=8, bn_splits=2)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    keys_eval = model.key(x)
+    model.shuffle_bn = False
+    torch.testing.assert_close(model.key(x), keys_eval)  # eval: running statistics, shuffling changes nothing
+    model.train()
+    no_shuffle = model.key(x)
+    model.shuffle_bn = True
+    assert not torch.allclose(model.key(x), no_shuffle, atol=1e-3)  # train: each half normalised on its own
+    with pytest.raises(ValueError, match="bn_splits must be a positive integer"):
+        MoCoModel(hidden_dim=32, output_dim=8, bn_splits=0)
