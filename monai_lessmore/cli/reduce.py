@@ -202,7 +202,8 @@ def local_executor(workers: int = 1) -> Executor:
             return
         # spawn: workers must not inherit torch/BLAS thread pools from a forked parent; each gets its share of the
         # cores (torch's count, which the compiled SSIM/MI kernels follow too) instead of all of them
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // workers)
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=get_context("spawn"), initializer=_share_cores, initargs=(threads,)
         ) as pool:
