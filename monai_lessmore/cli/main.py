@@ -256,7 +256,8 @@ def _run_demo(ns: argparse.Namespace) -> int:
         "--crop_sizes", "[32,16]", "--num_crops", "[2,2]", "--max_slices", "16", "--num_workers", "0",
         "--warmup_epochs", "0", "--progress_bar", "False",
     ]
-    print(f"pre-training SwAV for {ns.pretrain_epochs} epochs on 16 kept slices (tiny CPU settings) ...", flush=True)
+    print(f"pre-training SwAV for {ns.pretrain_epochs} epochs on 16 of the kept slices (tiny CPU settings) ...",
+          flush=True)
     res = subprocess.run(cmd)
     if res.returncode or not encoder.is_file():
         print(f"lessmore demo: pre-training failed (exit {res.returncode}); see the log above", file=sys.stderr)

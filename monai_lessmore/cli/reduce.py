@@ -170,6 +170,7 @@ def process_volume(
         "exports": [] if export == "none" else [export],
         "warnings": _volume_warnings(vol, result),
         "seconds": round(result.seconds, 6),
+        "resampled_to": None if result.resampled_to is None else list(result.resampled_to),
     }
     if write_record:
         atomic_write_json(out / "records" / f"{name}.json", record)
@@ -188,7 +189,8 @@ def _share_cores(threads: int) -> None:
     """Process-pool initializer: limit this worker's torch (and compiled-kernel) threads."""
     import torch
 
-    torch.set_num_threads(threads)
+    # never more than the worker would use anyway (OMP_NUM_THREADS or torch's default, inherited from the parent)
+    torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
 
 
 def local_executor(workers: int = 1) -> Executor:
@@ -284,8 +286,18 @@ class ReduceJob:
                 record = json.load(fh)
         except (OSError, ValueError):
             return None
-        if record.get("source") != source or record.get("params") != json.loads(json.dumps(self._params())):
+        want = json.loads(json.dumps(self._params()))
+        have = record.get("params")
+        if record.get("source") != source:
             return None
+        if have != want:
+            # --mixed-size only matters for volumes whose slices differ in size: a record of a volume that was not
+            # resampled stays valid when only that option changed (e.g. added after such a volume was refused)
+            def others(d: Any) -> Any:
+                return {k: v for k, v in d.items() if k != "mixed_size"} if isinstance(d, dict) else d
+
+            if not ("resampled_to" in record and record["resampled_to"] is None and others(have) == others(want)):
+                return None
         if self.export != "none" and self.export not in record.get("exports", []):
             return None
         try:

@@ -58,6 +58,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 _NAMES = {"all": "ALL", "everyn": "EveryN", "hash": "HASH", "ssim": "SSIM", "mi": "MI", "deepnet": "DeepNet"}
 _REDUCER_KEYS = (
     "method", "threshold", "fraction", "count", "algorithm", "every_n", "window", "bins", "deepnet_weights",
+    "mixed_size",
 )
 
 
@@ -221,6 +222,8 @@ def example_rows(
             args = {"method": method, "count": hash_count, "device": device}
             if method == "deepnet":
                 args["deepnet_weights"] = deepnet_weights
+        if method != own and params.get("mixed_size") is not None and method in ("ssim", "mi", "deepnet"):
+            args = {**args, "mixed_size": params["mixed_size"]}  # the run's resampling of mixed-size volumes
         if method == own or method in _DEFAULTS:
             label = _label({"every_n": None, "count": None, "fraction": None, "threshold": None, **args})
         else:

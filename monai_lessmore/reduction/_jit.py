@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 __all__ = ["cpu_kernel", "map_rows", "resolve_threads"]
 
 _FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
@@ -39,22 +41,28 @@ def resolve_threads(num_threads: int | None) -> int:
         import torch
 
         return max(1, torch.get_num_threads())
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive integer or None (torch's thread count), got {num_threads!r}")
-    return num_threads
+    return int(num_threads)
 
 
 def map_rows(fn: Callable[[int], None], rows: Iterable[int], num_threads: int) -> None:
     """Call ``fn(row)`` for every row, on ``num_threads`` threads (a ``nogil`` kernel inside ``fn`` runs in parallel).
 
     Rows are handed out in the given order as threads become free, so listing the longest rows first balances the
-    triangular all-pairs loop. The first exception raised by ``fn`` is re-raised.
+    triangular all-pairs loop. The first exception raised by ``fn`` is re-raised, and on an exception (or
+    Ctrl-C) rows not yet started are cancelled instead of run.
     """
     rows = list(rows)
     if num_threads == 1 or len(rows) <= 1:
         for r in rows:
             fn(r)
         return
-    with ThreadPoolExecutor(max_workers=min(num_threads, len(rows))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(num_threads, len(rows)))
+    try:
         for fut in [pool.submit(fn, r) for r in rows]:
             fut.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -9,8 +9,9 @@ scikit-image builds the joint histogram with ``np.histogramdd(..., bins=bins)``:
 bins over that image's own ``[min, max]`` (``np.linspace``; a constant image gets ``[v - 0.5, v + 0.5]``), a value
 falls in bin ``searchsorted(edges, v, side="right") - 1`` and the maximum is counted in the last bin. Here the bin
 index of every pixel is computed once per slice with exactly those numpy calls, so the joint counts of a pair are
-*identical* to scikit-image's; the pair itself costs one ``bincount`` of ``i * bins + j``. Entropies are natural-log
-Shannon entropies as ``scipy.stats.entropy``; the marginal ones are computed once per slice.
+*identical* to scikit-image's; the pair itself is one pass of joint counting, in a compiled kernel on CPU (numba,
+:mod:`monai_lessmore.reduction._jit`) or a ``bincount`` of ``i * bins + j`` in torch on a GPU. Entropies are
+natural-log Shannon entropies as ``scipy.stats.entropy``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from monai_lessmore.reduction._jit import cpu_kernel, map_rows, resolve_threads
-from monai_lessmore.reduction.stack import as_slice_stack
+from monai_lessmore.reduction.stack import as_slice_stack, native_numpy as _native_numpy
 
 __all__ = ["pairwise_nmi", "histogram_bin_indices"]
 
@@ -121,9 +122,10 @@ def _nmi_from_counts(counts: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -
     h0 = entropy(hist.sum(dim=-2), (-1,))
     h1 = entropy(hist.sum(dim=-1), (-1,))
     h01 = entropy(hist, (-2, -1))
-    # two constant slices: 0/0 in scikit-image (NaN); they are identical, give them the maximum 2
-    ok = h01 > 0
-    return torch.where(ok, (h0 + h1) / torch.where(ok, h01, torch.ones_like(h01)), torch.full_like(h01, 2.0))
+    # two constant slices (one occupied cell): 0/0 in scikit-image (NaN); they are identical, give them the maximum
+    # 2. Anything else undefined (NaN) stays NaN, as in scikit-image.
+    single = (counts > 0).flatten(-2).sum(-1) == 1
+    return torch.where(single, torch.full_like(h01, 2.0), (h0 + h1) / torch.where(single, torch.ones_like(h01), h01))
 
 
 @cpu_kernel
@@ -155,6 +157,7 @@ def _nmi_row_kernel(idx, i, bins, widths, out):  # pragma: no cover - compiled b
         col[:] = 0.0
         total = 0.0
         ent = 0.0
+        cells = 0
         for a in range(bins):
             wa = widths[i, a]
             rs = 0.0
@@ -162,6 +165,7 @@ def _nmi_row_kernel(idx, i, bins, widths, out):  # pragma: no cover - compiled b
                 k = a * bins + b
                 c = h[0, k] + h[1, k] + h[2, k] + h[3, k]
                 if c > 0:
+                    cells += 1
                     q = c / (wa * widths[j, b])
                     rs += q
                     col[b] += q
@@ -177,8 +181,9 @@ def _nmi_row_kernel(idx, i, bins, widths, out):  # pragma: no cover - compiled b
                 e0 -= col[a] * math.log(col[a])
         log_total = math.log(total)
         h01 = log_total + ent / total
-        # two constant slices: h01 = 0 (scikit-image: 0/0 = NaN); identical images, so the maximum 2
-        out[j - i - 1] = (2 * log_total + (e0 + e1) / total) / h01 if h01 > 0 else 2.0
+        # two constant slices, one occupied cell: h01 = 0 (scikit-image: 0/0 = NaN); identical images, so the
+        # maximum 2. Anything else undefined stays NaN, as in scikit-image.
+        out[j - i - 1] = 2.0 if cells == 1 else (2 * log_total + (e0 + e1) / total) / h01
 
 
 def _check_bins(bins: Any) -> int:
@@ -228,8 +233,7 @@ def pairwise_nmi(
         raise ValueError(f"backend must be 'auto' (compiled kernel on CPU, torch on CUDA) or 'torch', got {backend!r}")
     threads = resolve_threads(num_threads)
     stack = as_slice_stack(slices)
-    if isinstance(stack, torch.Tensor):
-        stack = stack.detach().cpu().numpy()
+    stack = _native_numpy(stack)
     n = stack.shape[0]
     dev = torch.device(device)
     out = np.full((n, n), 2.0, dtype=np.float64)

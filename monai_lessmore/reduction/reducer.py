@@ -83,6 +83,8 @@ class ReductionResult:
         threshold: the threshold applied, on the method's own scale (for target-count leader selection, the one
             the search settled on); ``None`` when no threshold applies.
         seconds: wall time of the reduction.
+        resampled_to: ``(H, W)`` when the slices differed in size and were resampled for the comparison
+            (``mixed_size``), else ``None``.
     """
 
     kept: np.ndarray
@@ -90,6 +92,7 @@ class ReductionResult:
     hashes: list[str] = field(default_factory=list)
     threshold: float | None = None
     seconds: float = 0.0
+    resampled_to: tuple[int, int] | None = None
 
     @property
     def n_kept(self) -> int:
@@ -204,6 +207,11 @@ class SliceReducer:
             _check_deepnet_weights(deepnet_weights)
         self.deepnet_weights = deepnet_weights
         self.mixed_size = validate_size(mixed_size)
+        if self.method == "ssim" and self.mixed_size is not None and min(self.mixed_size) < 11:
+            raise ValueError(
+                f"mixed_size {self.mixed_size} is smaller than SSIM's 11x11 window; pass --mixed-size of at least "
+                "11x11 (e.g. 256x256)"
+            )
 
     # ------------------------------------------------------------------ settings
     def params(self) -> dict[str, Any]:
@@ -286,6 +294,7 @@ class SliceReducer:
         start = time.perf_counter()
         u8 = self.render(slices, rendered=rendered)
         compared = u8
+        resampled_to = None
         if isinstance(u8, list):
             if self.method in _PIXELWISE:
                 if self.mixed_size is None:
@@ -297,6 +306,7 @@ class SliceReducer:
                         "(each image is hashed at its own size)"
                     )
                 compared = resize_uint8(u8, self.mixed_size)
+                resampled_to = self.mixed_size
             hashes = _dhash_mixed(u8)
         else:
             hashes = dhash(u8) if u8.shape[0] else np.zeros(0, dtype=np.uint64)
@@ -337,4 +347,5 @@ class SliceReducer:
             hashes=hash_to_hex(hashes),
             threshold=threshold_used,
             seconds=time.perf_counter() - start,
+            resampled_to=resampled_to,
         )

@@ -1,4 +1,4 @@
-"""Pairwise structural similarity (SSIM) of the slices of one volume, batched in torch.
+"""Pairwise structural similarity (SSIM) of the slices of one volume: compiled CPU kernels, or torch on a GPU.
 
 The paper (Wolf et al. 2024, section 2.1, equation 1) compares every pair of slices of a volume with the SSIM of
 Wang et al. (2004): a Gaussian-weighted 11x11 window (sigma 1.5), K1 = 0.01, K2 = 0.03 and an explicit dynamic
@@ -8,7 +8,8 @@ range L. :func:`pairwise_ssim` returns the mean SSIM of every pair, equal to
                                           use_sample_covariance=False)
 
 (spec section 2), but it computes the per-slice statistics (filtered mean and filtered second moment) once per
-slice; only the cross term ``G * (x y)`` is filtered per pair. The Gaussian filter is the separable one of
+slice; only the cross term ``G * (x y)`` is filtered per pair (on CPU in numba kernels, see
+:mod:`monai_lessmore.reduction._jit`; on a GPU, or with ``backend="torch"``, in torch). The Gaussian filter is the separable one of
 ``scipy.ndimage.gaussian_filter`` with ``truncate=3.5`` (radius ``int(3.5 * sigma + 0.5)``, 5 for sigma 1.5) and
 ``mode="reflect"`` (half-sample symmetric, numpy's ``"symmetric"`` padding). scikit-image averages the SSIM map
 after cropping ``(win_size - 1) // 2`` pixels at every border; when that crop is at least the filter radius (the
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from monai_lessmore.reduction._jit import cpu_kernel, map_rows, resolve_threads
-from monai_lessmore.reduction.stack import as_slice_stack
+from monai_lessmore.reduction.stack import as_slice_stack, native_numpy
 
 __all__ = ["pairwise_ssim", "gaussian_kernel1d"]
 
@@ -217,9 +218,7 @@ def _pairwise_ssim_cpu(
     stack: Any, radius: int, crop: int, g: np.ndarray, c1: float, c2: float, dtype: str, threads: int
 ) -> np.ndarray:
     """The CPU path of :func:`pairwise_ssim`: per-slice statistics, then every pair, in the compiled kernels."""
-    x = stack.detach().cpu().numpy() if isinstance(stack, torch.Tensor) else np.asarray(stack)
-    if x.dtype == np.bool_ or x.dtype == np.float16:
-        x = x.astype(np.float32)
+    x = native_numpy(stack, half_to_float32=True)
     n, h, w = x.shape
     means = np.mean(x, axis=(1, 2), dtype=np.float64)
     if not np.isfinite(means).all():
@@ -328,7 +327,11 @@ def pairwise_ssim(
     if dev.type == "cpu" and backend == "auto":
         return _pairwise_ssim_cpu(stack, radius, crop, g_np, c1, c2, dtype, threads)
 
-    x = torch.as_tensor(stack, device=dev)
+    # torch path: numpy views with negative strides or another byte order are copied first
+    if isinstance(stack, torch.Tensor):
+        x = stack.to(dev)
+    else:
+        x = torch.as_tensor(np.ascontiguousarray(native_numpy(stack)), device=dev)
     if not x.is_floating_point():
         x = x.to(torch.float64)  # integer CT/8-bit values are exact in float64
     means = x.mean(dim=(1, 2), dtype=torch.float64)

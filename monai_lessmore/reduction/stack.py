@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_slice_stack"]
+__all__ = ["as_slice_stack", "native_numpy"]
 
 
 def as_slice_stack(slices: Any, *, name: str = "slices") -> np.ndarray | torch.Tensor:
@@ -45,3 +45,20 @@ def as_slice_stack(slices: Any, *, name: str = "slices") -> np.ndarray | torch.T
     if stack.shape[0] < 1:
         raise ValueError(f"{name} must hold at least one slice, got shape {tuple(stack.shape)}")
     return stack
+
+
+def native_numpy(stack: np.ndarray | torch.Tensor, *, half_to_float32: bool = False) -> np.ndarray:
+    """An ``(N, H, W)`` stack as a numpy array the compiled kernels accept: torch tensors copied to host (bfloat16,
+    which numpy lacks, as float32), booleans as uint8, big-endian data in native byte order, and float16 as float32
+    when ``half_to_float32``. Values are unchanged; the input is never modified."""
+    if isinstance(stack, torch.Tensor):
+        t = stack.detach().cpu()
+        stack = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    arr = np.asarray(stack)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    elif half_to_float32 and arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr

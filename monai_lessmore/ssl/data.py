@@ -69,10 +69,12 @@ def build_pretrain_datalist(
     if failures:
         logger.warning("%d of %d volumes could not be read and were left out", len(failures), len(volumes))
     total = sum(int(r.get("n_slices", 0)) for r in records)
-    logger.info("pre-training on %d slices kept of %d from %d volumes in %s", len(items), total, len(records), root)
+    kept = len(items)
     if max_slices is not None and 0 < int(max_slices) < len(items):
         pick = np.linspace(0, len(items) - 1, int(max_slices)).round().astype(int)
         items = [items[i] for i in pick]
+    used = f"{len(items)} evenly spaced of the " if len(items) < kept else ""
+    logger.info("pre-training on %s%d slices kept of %d from %d volumes in %s", used, kept, total, len(records), root)
     return items
 
 

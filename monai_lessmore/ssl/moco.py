@@ -82,7 +82,7 @@ def shuffled_keys(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     if splits == 1:
         return encode(x)
     perm = torch.randperm(x.shape[0], device=x.device)
-    k = torch.cat([encode(part) for part in x[perm].chunk(splits)])
+    k = torch.cat([encode(part) for part in torch.tensor_split(x[perm], splits)])  # sizes differ by at most 1
     ordered = torch.empty_like(k)
     ordered[perm] = k
     return ordered

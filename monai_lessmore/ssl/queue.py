@@ -58,7 +58,7 @@ class FeatureQueue(nn.Module):
         """Collective (call on every rank before rank 0 takes ``state_dict()``): for a ``per_rank`` queue under DDP,
         gather every rank's contents, so the next ``state_dict()`` also holds ``rank_data`` ``(world, Q, size,
         dim)``, ``rank_ptr`` and ``rank_num_filled``. A no-op otherwise."""
-        world, _ = _dist_world()
+        world, rank = _dist_world()
         if not self.per_rank or world == 1:
             self._gathered = None
             return
@@ -67,7 +67,8 @@ class FeatureQueue(nn.Module):
             parts = [torch.empty_like(t) for _ in range(world)]
             torch.distributed.all_gather(parts, t.contiguous())
             gathered.append(torch.stack(parts))
-        self._gathered = (gathered[0], gathered[1].view(world), gathered[2].view(world))
+        # only rank 0 writes checkpoints; the others drop their copy at once
+        self._gathered = (gathered[0], gathered[1].view(world), gathered[2].view(world)) if rank == 0 else None
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: D102 - nn.Module hook
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -85,11 +86,16 @@ class FeatureQueue(nn.Module):
                 state_dict[prefix + "data"], state_dict[prefix + "ptr"] = data[rank], ptr[rank]
                 state_dict[prefix + "num_filled"] = filled[rank]
             else:
+                # another number of ranks: another per-rank queue size too (queue_length // world_size), and no
+                # rank's contents belong to this rank; the queue refills within a few iterations
                 warnings.warn(
-                    f"the checkpoint holds the queues of {data.shape[0]} ranks but this run has {world}; every rank "
-                    "continues with rank 0's queue",
+                    f"the checkpoint holds the queues of {data.shape[0]} ranks but this run has {world}: the queue "
+                    "starts empty",
                     stacklevel=2,
                 )
+                state_dict[prefix + "data"] = torch.zeros_like(self.data)
+                state_dict[prefix + "ptr"] = torch.zeros_like(self.ptr)
+                state_dict[prefix + "num_filled"] = torch.zeros_like(self.num_filled)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

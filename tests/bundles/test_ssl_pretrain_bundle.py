@@ -266,3 +266,14 @@ def test_two_process_gloo_run(method, phantom_dir, tmp_path):
     if method == "moco":  # 2 iterations x 2 ranks x batch 2 keys gathered per epoch, 8 slots
         assert int(ckpt["queue"]["num_filled"]) == 8
     assert (tmp_path / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("method, expected", [("swav", True), ("moco", False)])
+def test_multi_gpu_config_turns_sync_bn_off_for_moco(method, expected, monkeypatch):
+    """multi_gpu_train.json: SyncBN on GPUs, except for MoCo (its shuffling BN needs per-GPU statistics)."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the expression is only read, nothing runs on CUDA
+    parser = ConfigParser()
+    parser.read_config([*FILES[method], str(CONFIGS / "multi_gpu_train.json")])
+    assert parser.get_parsed_content("sync_bn") is expected

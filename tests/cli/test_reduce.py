@@ -250,3 +250,40 @@ def test_mixed_size_slice_folder_with_pixelwise_method(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["reduce", str(volume), "-o", str(tmp_path / "x"), "--method", "mi", "--mixed-size", "12x0"])
     assert "must be HxW or N with positive integers" in capsys.readouterr().err
+
+
+def test_adding_mixed_size_recomputes_only_the_refused_volume(dataset, tmp_path):
+    # a uniform volume and one whose slices all differ in size: adding --mixed-size after the refusal must not
+    # recompute the uniform one (its result cannot change), only the refused one
+    volume = shared_data_path("ct", "slices", "covid19_ct_seg") / "Data-1_radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm"
+    uniform = dataset / "phantom_00.nii.gz"
+    out = tmp_path / "out"
+    base = ["reduce", str(uniform), str(volume), "-o", str(out), "--method", "mi", "--count", "5", "--no-progress"]
+    assert main(base) == 1
+    first = json.loads((out / "summary.json").read_text())
+    assert list(first["volumes"]) == ["phantom_00"] and len(first["failures"]) == 1
+    assert main([*base, "--mixed-size", "96"]) == 0
+    second = json.loads((out / "summary.json").read_text())
+    assert second["volumes"]["phantom_00"]["resumed"] is True
+    mixed = next(v for k, v in second["volumes"].items() if k != "phantom_00")
+    assert mixed["resumed"] is False and mixed["n_kept"] == 5
+    record = json.loads(next(p for p in (out / "records").glob("*.json") if "phantom" not in p.name).read_text())
+    assert record["resampled_to"] == [96, 96]
+    # a changed setting that matters still recomputes everything
+    assert main([*base[:-3], "--count", "4", "--mixed-size", "96", "--no-progress"]) == 0
+    assert not any(v["resumed"] for v in json.loads((out / "summary.json").read_text())["volumes"].values())
+
+
+def test_worker_processes_share_the_cores():
+    import torch
+
+    from monai_lessmore.cli.reduce import _share_cores
+
+    before = torch.get_num_threads()
+    try:
+        _share_cores(1)
+        assert torch.get_num_threads() == 1
+        _share_cores(64)  # never more than the process would use anyway
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -129,3 +129,25 @@ def test_bad_input_messages():
     bad_vol[1, 0, 0] = np.inf
     with pytest.raises(ValueError, match="slice 1.*NaN or infinite"):
         pairwise_nmi(bad_vol)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_undefined_nmi_is_nan_as_in_skimage_except_two_constant_slices(backend):
+    # float32 values near 1e6 spread over less than one unit: numpy's bin edges collapse, scikit-image gives NaN
+    rng = np.random.default_rng(10)
+    vol = (1e6 + rng.random((3, 8, 8)) * 0.2).astype(np.float32)
+    vol[2] = 1e6  # constant
+    ref = skimage_matrix(vol, 100)
+    got = pairwise_nmi(vol, bins=100, backend=backend)
+    off = ~np.eye(3, dtype=bool)
+    np.testing.assert_array_equal(np.isnan(got[off]), np.isnan(ref[off]))
+    finite = off & ~np.isnan(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], atol=1e-12)
+
+
+def test_bool_and_big_endian_inputs():
+    rng = np.random.default_rng(11)
+    vol = rng.random((3, 10, 10)) > 0.5
+    np.testing.assert_allclose(pairwise_nmi(vol), skimage_matrix(vol.astype(np.uint8), 100), atol=1e-12)
+    ints = rng.integers(-1000, 2000, (3, 10, 10)).astype(np.int16)
+    np.testing.assert_array_equal(pairwise_nmi(ints.astype(">i2")), pairwise_nmi(ints))

@@ -226,6 +226,9 @@ def test_mixed_size_resamples_only_for_the_comparison(method):
 def test_mixed_size_is_validated(bad):
     with pytest.raises(ValueError, match="mixed_size must be a positive integer N"):
         SliceReducer(method="ssim", threshold=0.9, mixed_size=bad)
+    with pytest.raises(ValueError, match=r"smaller than SSIM's 11x11 window; pass --mixed-size of at least 11x11"):
+        SliceReducer(method="ssim", threshold=0.9, mixed_size=(64, 8))
+    assert SliceReducer(method="mi", threshold=1.5, mixed_size=8).mixed_size == (8, 8)  # MI has no window
 
 
 def test_deepnet_weights_are_checked_before_any_work(monkeypatch, tmp_path):

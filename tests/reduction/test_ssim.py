@@ -175,3 +175,21 @@ def test_bad_input_messages():
     for backend in ("auto", "torch"):
         with pytest.raises(ValueError, match="NaN or infinite"):
             pairwise_ssim(nan_vol, data_range=1.0, backend=backend)
+
+
+def test_other_input_types_give_the_same_result():
+    rng = np.random.default_rng(9)
+    vol = (rng.random((4, 24, 20)) * 100).astype(np.float32)
+    ref = pairwise_ssim(vol, data_range=100.0, dtype="float64")
+    for backend in ("auto", "torch"):
+        big_endian = vol.astype(">f4")
+        np.testing.assert_allclose(pairwise_ssim(big_endian, data_range=100.0, dtype="float64", backend=backend), ref,
+                                   atol=1e-12)
+        flipped = np.ascontiguousarray(vol[:, ::-1, ::-1])[:, ::-1, ::-1]  # negative strides, same values
+        np.testing.assert_allclose(pairwise_ssim(flipped, data_range=100.0, dtype="float64", backend=backend), ref,
+                                   atol=1e-12)
+        bf16 = torch.from_numpy(vol).to(torch.bfloat16)
+        np.testing.assert_allclose(
+            pairwise_ssim(bf16, data_range=100.0, dtype="float64", backend=backend),
+            pairwise_ssim(bf16.float().numpy(), data_range=100.0, dtype="float64"), atol=1e-12,
+        )

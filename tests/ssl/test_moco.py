@@ -85,6 +85,17 @@ def test_shuffled_keys_use_other_batch_statistics_and_keep_order():
         expected[part] = _batch_centred(x[part])
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(got, _batch_centred(x))
+    # uneven batches: sub-batch sizes differ by at most one (7 in 3: 3, 2, 2 -- never a 1-sample BN batch)
+    x7 = x[:5].repeat(2, 1)[:7] + torch.arange(7.0)[:, None]
+    torch.manual_seed(4)
+    got7 = shuffled_keys(_batch_centred, x7, splits=3)
+    torch.manual_seed(4)
+    perm7 = torch.randperm(7)
+    expected7 = torch.empty_like(x7)
+    for part, size in zip(torch.tensor_split(perm7, 3), (3, 2, 2)):
+        assert len(part) == size
+        expected7[part] = _batch_centred(x7[part])
+    torch.testing.assert_close(got7, expected7)
     # sub-batches keep at least 2 samples; splits=1 is the plain encoder
     torch.testing.assert_close(shuffled_keys(_batch_centred, x[:3], splits=4), _batch_centred(x[:3]))
     torch.testing.assert_close(shuffled_keys(_batch_centred, x, splits=1), _batch_centred(x))
