@@ -14,11 +14,14 @@ what :class:`~monai_lessmore.transforms.LoadSliced` reads lazily.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from typing import Any, Sequence
 
 from monai_lessmore.data.cache import ReductionCache
+from monai_lessmore.io.load import SLICE_STORE_SUFFIX, detect_volume_kind
 from monai_lessmore.io.slice_folder import validate_order
 from monai_lessmore.reduction.reducer import SliceReducer
 
@@ -33,8 +36,12 @@ def reduce_volume_file(
     *,
     order: str = "index",
     cache: ReductionCache | None = None,
+    slice_store_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Reduce one volume on disk, using ``cache`` when given.
+
+    With ``slice_store_dir``, the kept slices of a NIfTI/NRRD/MetaImage volume are also written there once, as one
+    uncompressed ``(K, H, W)`` float32 file (see :class:`SliceReductionFilter`); the record then has ``store``.
 
     Returns:
         A JSON-serialisable record: ``source``, ``params``, ``n_slices``, ``kept``, ``hashes``, ``threshold``,
@@ -45,13 +52,23 @@ def reduce_volume_file(
     from monai_lessmore.utils.files import content_digest
 
     params = {**reducer.params(), "order": order}
-    digest = content_digest(source) if cache is not None else None
+    digest = content_digest(source) if cache is not None or slice_store_dir is not None else None
+    store = None
+    if slice_store_dir is not None and detect_volume_kind(source)[0] in _STORED_KINDS:
+        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        store = os.path.join(os.fspath(slice_store_dir), f"{digest[:32]}_{key}{SLICE_STORE_SUFFIX}")  # type: ignore[index]
     if cache is not None:
         hit = cache.get(source, params, digest)
         if hit is not None:
+            if store is not None:
+                if not os.path.isfile(store):
+                    _write_store(store, load_volume(str(source), order=order).array, hit["kept"])
+                hit = {**hit, "store": store}
             return {**hit, "source": str(source), "cached": True}
     vol = load_volume(str(source), order=order).require_finite()
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
+    if store is not None and not os.path.isfile(store):
+        _write_store(store, vol.array, result.kept.tolist())
     record = {
         "source": str(source),
         "params": params,
@@ -64,7 +81,30 @@ def reduce_volume_file(
     }
     if cache is not None:
         cache.put(record, digest)
+    if store is not None:
+        record = {**record, "store": store}
     return {**record, "cached": False}
+
+
+#: volume kinds whose single-slice reads are costly (a .nii.gz is decompressed up to the slice, NRRD/MHA are read
+#: whole): their kept slices are worth storing uncompressed. DICOM and slice folders already hold one file per slice.
+_STORED_KINDS = ("nifti", "itk")
+
+
+def _write_store(path: str, array: Any, kept: Sequence[int]) -> None:
+    """Write ``array[kept]`` as float32 ``.npy`` atomically (temporary file in the same folder, then rename)."""
+    import numpy as np
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(np.asarray(array)[list(kept)], dtype=np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class SliceReductionFilter:
@@ -80,6 +120,12 @@ class SliceReductionFilter:
         order: slice order of slice folders: ``"index"`` (numeric) or ``"filename"`` (the authors' string sort).
         on_error: ``"raise"`` (default) stops at the first unreadable volume; ``"skip"`` logs it, leaves its items
             out and records it in :attr:`failures`.
+        slice_store_dir: optional folder for the kept slices of NIfTI/NRRD/MetaImage volumes, written once per volume
+            (and settings) as one uncompressed ``(K, H, W)`` float32 ``.slices.npy``. Their items then read from it:
+            ``image`` is the store file, ``slice_index`` the position in it, and the volume and its slice index are
+            kept as ``source_image`` / ``source_slice_index``. A training epoch then costs one memory-mapped read
+            per slice instead of decompressing a ``.nii.gz`` up to the slice (tens to hundreds of ms for a
+            512x512 volume). :class:`~monai_lessmore.transforms.LoadSliced` reads both kinds of item alike.
         reducer_args: everything else is passed to :class:`~monai_lessmore.reduction.SliceReducer` (``method``,
             ``threshold``, ``fraction``, ``algorithm``, ...). ``method="none"`` is accepted as ``"all"``.
     """
@@ -91,6 +137,7 @@ class SliceReductionFilter:
         cache_dir: str | os.PathLike | None = None,
         order: str = "index",
         on_error: str = "raise",
+        slice_store_dir: str | os.PathLike | None = None,
         **reducer_args: Any,
     ) -> None:
         self.reducer = SliceReducer(**reducer_args)
@@ -102,6 +149,7 @@ class SliceReductionFilter:
         self.order = order
         self.on_error = on_error
         self.cache = None if cache_dir is None else ReductionCache(cache_dir)
+        self.slice_store_dir = None if slice_store_dir is None else os.fspath(slice_store_dir)
         self.failures: list[dict[str, str]] = []
         self.records: list[dict[str, Any]] = []
 
@@ -113,7 +161,8 @@ class SliceReductionFilter:
                 raise ValueError(f"datalist item {i} has no key {self.image_key!r}; set image_key= to the volume key")
             source = item[self.image_key]
             try:
-                record = reduce_volume_file(source, self.reducer, order=self.order, cache=self.cache)
+                record = reduce_volume_file(source, self.reducer, order=self.order, cache=self.cache,
+                                            slice_store_dir=self.slice_store_dir)
             except Exception as exc:  # noqa: BLE001 - reported per volume, per on_error
                 if self.on_error == "raise":
                     raise
@@ -121,7 +170,14 @@ class SliceReductionFilter:
                 self.failures.append({"source": str(source), "error": f"{type(exc).__name__}: {exc}"})
                 continue
             self.records.append(record)
-            out.extend({**item, self.slice_key: int(k)} for k in record["kept"])
+            if record.get("store"):
+                out.extend(
+                    {**item, self.image_key: record["store"], self.slice_key: pos, "source_image": source,
+                     "source_slice_index": int(k)}
+                    for pos, k in enumerate(record["kept"])
+                )
+            else:
+                out.extend({**item, self.slice_key: int(k)} for k in record["kept"])
         return out
 
 

@@ -26,7 +26,7 @@ from monai_lessmore.io.slice_folder import (
 )
 from monai_lessmore.io.volume import Volume, VolumeReadError
 
-__all__ = ["SUPPORTED_FORMATS", "detect_volume_kind", "load_volume", "read_slice"]
+__all__ = ["SUPPORTED_FORMATS", "SLICE_STORE_SUFFIX", "detect_volume_kind", "load_volume", "read_slice", "read_stored_slice"]
 
 SUPPORTED_FORMATS = (
     "NIfTI files (.nii, .nii.gz); NRRD/MetaImage files (.nrrd, .nhdr, .mha, .mhd); a folder holding one DICOM "
@@ -133,6 +133,8 @@ def read_slice(path: str | os.PathLike, index: int, *, order: str = "index") -> 
     """
     validate_order(order)
     index = _as_index(index)
+    if os.fspath(path).endswith(SLICE_STORE_SUFFIX):
+        return read_stored_slice(path, index)
     kind, address = detect_volume_kind(path)
     if kind == "nifti":
         return read_nifti_slice(path, index)
@@ -147,6 +149,22 @@ def read_slice(path: str | os.PathLike, index: int, *, order: str = "index") -> 
         return np.ascontiguousarray(array[index])
     folder, volume_id = address  # type: ignore[misc]
     return read_slice_volume_slice(folder, volume_id, index, order=order)
+
+
+#: file suffix of a slice store: the kept slices of one volume as one uncompressed ``(K, H, W)`` float32 ``.npy``
+#: (written by :class:`monai_lessmore.data.SliceReductionFilter` with ``slice_store_dir``)
+SLICE_STORE_SUFFIX = ".slices.npy"
+
+
+def read_stored_slice(path: str | os.PathLike, index: int) -> np.ndarray:
+    """Slice ``index`` of a slice store file: one memory-mapped read, no decompression."""
+    try:
+        stack = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise VolumeReadError(f"{os.fspath(path)}: unreadable slice store ({err}); delete it to have it rewritten") from err
+    if stack.ndim != 3 or not -len(stack) <= index < len(stack):
+        raise IndexError(f"slice index {index} is out of range for {os.fspath(path)}, which holds {len(stack)} slices")
+    return np.array(stack[index], dtype=np.float32)
 
 
 def _as_index(index: int) -> int:

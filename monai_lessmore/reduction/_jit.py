@@ -12,11 +12,14 @@ Settings, chosen for exactness first:
   within ~2e-6 of scikit-image, MI within ~1e-14);
 - ``nogil=True``: kernels run in parallel threads of one process (:func:`map_rows`);
 - ``cache=True``: compiled code is kept in ``__pycache__`` (or numba's per-user cache when the package folder is
-  read-only), so only the first call on a machine pays the ~1-2 s compilation.
+  read-only), so only the first call on a machine pays the ~1-2 s compilation;
+- compiled on first call: numba is imported only when a CPU kernel first runs.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,10 +32,26 @@ _FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
 
 
 def cpu_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Compile ``fn`` with the shared numba settings (lazily, on its first call)."""
-    from numba import njit
+    """``fn`` compiled with the shared numba settings on its first call.
 
-    return njit(nogil=True, cache=True, error_model="numpy", fastmath=set(_FASTMATH))(fn)
+    numba is imported only then, so importing the measures (or running them on a GPU) does not need it.
+    ``kernel.py_func`` is the plain Python function.
+    """
+    lock = threading.Lock()
+    compiled: list[Callable[..., Any]] = []
+
+    @functools.wraps(fn)
+    def kernel(*args: Any) -> Any:
+        if not compiled:
+            with lock:  # threads of map_rows may arrive together: compile once
+                if not compiled:
+                    from numba import njit
+
+                    compiled.append(njit(nogil=True, cache=True, error_model="numpy", fastmath=set(_FASTMATH))(fn))
+        return compiled[0](*args)
+
+    kernel.py_func = fn  # type: ignore[attr-defined]
+    return kernel
 
 
 def resolve_threads(num_threads: int | None) -> int:

@@ -114,3 +114,42 @@ def test_filter_on_real_slice_folders(tmp_path):
     assert 0 < len(out) < 69
     batch = LoadSliced("image")(out[0])
     assert batch["image"].shape[0] == 1
+
+
+def test_slice_store_items_read_the_same_slices(tmp_path):
+    """slice_store_dir: kept slices of a .nii.gz written once, uncompressed; LoadSliced reads the same arrays."""
+    import nibabel as nib
+
+    from monai_lessmore.io import load_volume
+    from monai_lessmore.transforms import LoadSliced
+
+    vol = np.random.default_rng(0).integers(-1000, 1500, size=(24, 20, 12)).astype(np.int16)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([-1.0, -1, 1, 1])), str(path))
+    before = path.read_bytes()
+    store = tmp_path / "store"
+    plain = SliceReductionFilter(method="everyn", every_n=3)([{"image": str(path), "label": 2}])
+    stored = SliceReductionFilter(method="everyn", every_n=3, slice_store_dir=store, cache_dir=tmp_path / "c")(
+        [{"image": str(path), "label": 2}]
+    )
+    assert [d["source_slice_index"] for d in stored] == [d["slice_index"] for d in plain]
+    assert [d["slice_index"] for d in stored] == list(range(len(plain))) and stored[0]["label"] == 2
+    assert len(list(store.glob("*.slices.npy"))) == 1 and stored[0]["image"].endswith(".slices.npy")
+    load = LoadSliced("image", render=None)
+    for a, b in zip(plain, stored):
+        np.testing.assert_array_equal(load(dict(a))["image"], load(dict(b))["image"])
+    expected = load_volume(str(path)).array[[d["slice_index"] for d in plain]]
+    np.testing.assert_array_equal(np.load(next(store.glob("*.slices.npy"))), expected.astype(np.float32))
+    # a second run (reduction cached) reuses the store; a deleted store file is rewritten; inputs untouched
+    again = SliceReductionFilter(method="everyn", every_n=3, slice_store_dir=store, cache_dir=tmp_path / "c")(
+        [{"image": str(path)}]
+    )
+    assert [d["image"] for d in again] == [d["image"] for d in stored]
+    next(store.glob("*.slices.npy")).unlink()
+    SliceReductionFilter(method="everyn", every_n=3, slice_store_dir=store, cache_dir=tmp_path / "c")([{"image": str(path)}])
+    assert len(list(store.glob("*.slices.npy"))) == 1 and path.read_bytes() == before
+    # other settings, another store file
+    SliceReductionFilter(method="everyn", every_n=2, slice_store_dir=store)([{"image": str(path)}])
+    assert len(list(store.glob("*.slices.npy"))) == 2
+    with pytest.raises(IndexError, match=f"out of range.*holds {len(stored)} slices"):
+        load({"image": stored[0]["image"], "slice_index": len(stored)})
