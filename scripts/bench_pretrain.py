@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -109,6 +110,10 @@ def bench_bare(method: str, overrides: dict, steps: int, warmup: int) -> dict:
     return {"seconds": total, "images_per_s": n_img / total, "data_wait_fraction": wait / total}
 
 
+#: the paper's batch sizes (Tables 8-10): SwAV 128, MoCo v2 64, SparK 32
+PAPER_BATCH = {"swav": 128, "moco": 64, "spark": 32}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["swav", "moco", "spark"], choices=list(FILES))
@@ -130,15 +135,19 @@ def main(argv=None) -> int:
     if ns.threads:
         torch.set_num_threads(ns.threads)
     tmp = tempfile.mkdtemp(prefix="bench_pretrain_")
+    batch = {m: PAPER_BATCH[m] if ns.paper_settings else ns.batch_size for m in ns.methods}
     data = ns.dataset_dir
     if data is None:
         from monai_lessmore.phantom import write_phantom_dataset
 
+        # enough slices for every timed step of the largest batch, at the paper's 512 px when its settings are used
+        need = (ns.steps + ns.warmup + 1) * max(batch.values())
         data = os.path.join(tmp, "phantom")
-        write_phantom_dataset(data, n_volumes=2, slices=(60, 80), size=128)
+        write_phantom_dataset(data, n_volumes=max(2, math.ceil(need / 70)), slices=(60, 80),
+                              size=512 if ns.paper_settings else 128)
     results = []
     for method in ns.methods:
-        n = (ns.steps + ns.warmup + 1) * ns.batch_size
+        n = (ns.steps + ns.warmup + 1) * batch[method]
         base = {"dataset_dir": data, "output_dir": os.path.join(tmp, method), "export_path": os.path.join(tmp, method, "m.pt"),
                 "reduction_method": "none", "reduction_cache_dir": os.path.join(tmp, "cache"), "max_slices": n,
                 "num_workers": ns.num_workers, "progress_bar": False, "tensorboard": False, "resume": None,
@@ -149,7 +158,7 @@ def main(argv=None) -> int:
             base.update({"swav": {"crop_sizes": [small, max(16, small // 2)]}, "moco": {"crop_size": small},
                          "spark": {"decoder_width": 64}}[method])
         else:
-            base.update({"batch_size": {"swav": 128, "moco": 64, "spark": 32}[method], "amp": True})
+            base.update({"batch_size": batch[method], "amp": True})
         row = {"method": method}
         # alternate the two loops and keep each one's fastest repeat: robust to other processes on a shared machine
         runs = {"ignite": [], "bare": []}
