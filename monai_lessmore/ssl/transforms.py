@@ -40,7 +40,13 @@ def _check_pair(name: str, lo: float, hi: float) -> None:
 
 
 def _luma(img: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma ``(1, H, W)`` as torchvision's ``rgb_to_grayscale``."""
+    """ITU-R 601 luma ``(1, H, W)`` as torchvision's ``rgb_to_grayscale``.
+
+    A one-channel image stands for a gray RGB image (three equal channels): the same three products are summed in
+    the same order, so the result is bit-identical to that of the replicated image.
+    """
+    if img.shape[0] == 1:
+        return 0.299 * img + 0.587 * img + 0.114 * img
     return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
 
 
@@ -90,7 +96,7 @@ def color_jitter(img: torch.Tensor, jitter: Sequence[float], rng: np.random.Rand
             img = (f * img + (1 - f) * _luma(img)).clamp(0, 1)
         elif op == 3 and h > 0:
             rng.uniform(-h, h)  # drawn to keep the random stream identical to the colour case
-            if not (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])):
+            if img.shape[0] != 1 and not (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])):
                 raise NotImplementedError("hue jitter is implemented for grayscale-replicated images only")
     return img
 
@@ -104,11 +110,15 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     x = torch.arange(-r, r + 1, dtype=img.dtype)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = k / k.sum()
-    c = img.shape[0]
-    out = nn.functional.pad(img.unsqueeze(0), (r, r, r, r), mode="reflect")
-    out = nn.functional.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
-    out = nn.functional.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)
-    return out[0]
+    kh, kv = k.view(1, 1, 1, -1), k.view(1, 1, -1, 1)
+
+    def one(channel: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.pad(channel[None, None], (r, r, r, r), mode="reflect")
+        return nn.functional.conv2d(nn.functional.conv2d(out, kh), kv)[0, 0]
+
+    # one channel per call: the same kernel call for every channel whatever the channel count, so a gray image
+    # gives bit-identical results as one channel or replicated to three
+    return torch.stack([one(img[c]) for c in range(img.shape[0])])
 
 
 class _ViewPipeline(Randomizable):
@@ -135,16 +145,23 @@ class _ViewPipeline(Randomizable):
         pass
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        """One view of a ``(3, H, W)`` image, or of a ``(1, H, W)`` gray image standing for its 3-channel
+        replication. A gray image (also a 3-channel one made by ``expand``, stride 0) stays one channel through
+        every operation, which keeps it gray and gives bit-identical values at a third of the work; the channels
+        are replicated just before the per-channel normalisation."""
         R = self.R
+        if img.shape[0] == 3 and img.stride(0) == 0:
+            img = img[:1]
         out = random_resized_crop(img, self.size, self.scale, R)
         if R.rand() < self.jitter_p:
             out = color_jitter(out, self.jitter, R)
         if R.rand() < self.grayscale_p:
-            out = _luma(out).expand(3, -1, -1)
+            out = _luma(out) if out.shape[0] == 1 else _luma(out).expand(3, -1, -1)
         if R.rand() < self.blur_p:
             out = gaussian_blur(out, R.uniform(*self.blur_sigma))
         if R.rand() < self.flip_p:
             out = out.flip(-1)
+        out = out.expand(3, -1, -1)
         if self.normalize:
             out = (out - _MEAN.to(out)) / _STD.to(out)
         return out.contiguous()
@@ -170,8 +187,8 @@ class _MultiView(Randomizable):
         pass
 
     def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"expected a (3, H, W) image in [0, 1], got shape {tuple(image.shape)}")
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"expected a (3, H, W) image in [0, 1] (or (1, H, W) gray), got shape {tuple(image.shape)}")
         return [p(image) for n, p in self.groups for _ in range(n)]
 
 
@@ -260,7 +277,7 @@ class MakeViewsd(MapTransform, Randomizable):
             if img.ndim != 3:
                 raise ValueError(f"MakeViewsd expects a (C, H, W) image under {key!r}, got shape {tuple(img.shape)}")
             if img.shape[0] == 1:
-                img = img.expand(3, -1, -1)
+                img = img.expand(3, -1, -1)  # gray CT as 3 channels; the view pipelines work on one of them
             d[self.views_key] = [v.contiguous() for v in self.transform(img)]
         return d
 

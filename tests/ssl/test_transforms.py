@@ -128,3 +128,24 @@ def test_blur_matches_torchvision(tvf):
     out = gaussian_blur(img, 1.2)
     ref = tvf.gaussian_blur(img, [2 * 4 + 1, 2 * 4 + 1], [1.2, 1.2])
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SwAVTransform(crop_sizes=(48, 24), num_crops=(2, 3)),
+    lambda: MoCoTransform(crop_size=48),
+    lambda: SparKTransform(input_size=64),
+])
+def test_gray_images_take_the_one_channel_path_with_identical_views(make):
+    """A gray slice replicated by expand (stride 0), or given as one channel, is processed on one channel: the
+    views are bit-identical to those of the same image as a contiguous 3-channel copy, at a third of the work."""
+    gray = torch.rand(1, 80, 72)
+    outs = []
+    for img in (gray.expand(3, -1, -1).contiguous(), gray.expand(3, -1, -1), gray):
+        t = make()
+        t.set_random_state(seed=7)
+        outs.append(t(img))
+    for views in outs[1:]:
+        assert len(views) == len(outs[0])
+        for a, b in zip(outs[0], views):
+            assert b.shape == a.shape and b.shape[0] == 3 and b.is_contiguous()
+            assert torch.equal(a, b)
