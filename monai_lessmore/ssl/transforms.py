@@ -8,7 +8,8 @@ draw from torch's global generator.
 
 Each ``<Method>Transform`` maps one ``(3, H, W)`` float image in ``[0, 1]`` (a CT slice min-max rendered as the
 authors' PNGs, resized to the input size 512 and replicated to 3 channels by the bundle's MONAI preprocessing)
-to a list of views; :class:`MakeViewsd` applies it inside a MONAI ``Compose`` and stores the list under
+to a list of ``(3, h, w)`` views; a gray image (one channel, or three made by ``expand``) is processed as one
+channel, with bit-identical views; :class:`MakeViewsd` applies it inside a MONAI ``Compose`` and stores the list under
 ``"views"``, which the default collate turns into one batch tensor per view.
 """
 
