@@ -1,20 +1,36 @@
-"""Atomic writes and content digests of volumes on disk.
+"""Atomic writes, cleanup of temporaries left by killed runs, and content digests of volumes on disk.
 
 Outputs are written to a temporary file in the destination folder and moved into place with :func:`os.replace`,
-so a reader never sees half a file and an interrupted run leaves the previous version intact.
+so a reader never sees half a file and an interrupted run leaves the previous version intact. A temporary's name
+holds the PID of the process writing it (:func:`temp_path`), so a later run can tell the temporaries of a process
+that was killed (``kill -9``, out of memory, power cut) from those of one still running, and remove them with
+:func:`remove_stale_temps`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "content_digest", "volume_files"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "content_digest",
+    "volume_files",
+    "temp_path",
+    "is_stale_temp",
+    "remove_stale_temps",
+    "pid_alive",
+]
 
 _CHUNK = 1 << 20
 
@@ -33,7 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".tmp", dir=dest.parent)
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask), so outputs
         # stay readable by the other users of a shared cluster folder
@@ -81,6 +97,131 @@ def volume_files(path: str | os.PathLike) -> list[Path]:
         if members:
             return members
     raise FileNotFoundError(f"{p} does not exist (expected a volume file, a folder, or '<slice folder>/<volume id>')")
+
+
+# --- temporaries of killed processes --------------------------------------------------------------------------
+#: The temporary names this package's writers use beside their destination ``NAME``, with the writer's PID:
+#: ``.NAME.PID-XXXXXXXX.tmp`` (:func:`atomic_write_bytes`), ``.NAME.PID.tmp`` / ``.NAME.PID.old`` (whole folders
+#: swapped into place, e.g. exported slices), ``.NAME.PID.tmp.nii.gz`` (writers that need the real suffix), and
+#: ``NAME.tmpPID`` / ``NAME.PID.tmp`` (checkpoints and slice stores). The PID is the last number before the marker.
+_TEMP_NAME = re.compile(
+    r"^(?:\.(?P<a>.+)\.(?P<pid_a>\d+)(?:-[A-Za-z0-9_]+)?\.(?:tmp|old)(?:\.[A-Za-z0-9]+)*"
+    r"|(?P<b>.+)\.tmp(?P<pid_b>\d+)"
+    r"|(?P<c>.+)\.(?P<pid_c>\d+)\.tmp)$"
+)
+#: Seconds of tolerance when comparing a process's start time with a temporary's modification time (the boot time
+#: in ``/proc/stat`` has one-second resolution).
+_START_SLACK = 2.0
+
+
+def temp_path(dest: str | os.PathLike, suffix: str = "") -> Path:
+    """The name of this process's temporary for ``dest``: ``.NAME.PID.tmp`` (+ ``suffix``) in the same folder.
+
+    Use it for temporaries that are folders or need a fixed name (a writer that must see a ``.nii.gz`` suffix);
+    :func:`remove_stale_temps` recognises it once the process is gone.
+    """
+    dest = Path(dest)
+    return dest.parent / f".{dest.name}.{os.getpid()}.tmp{suffix}"
+
+
+def _temp_owner(name: str) -> int | None:
+    m = _TEMP_NAME.match(name)
+    if m is None:
+        return None
+    return int(m["pid_a"] or m["pid_b"] or m["pid_c"])
+
+
+def _proc_start_time(pid: int) -> float | None:
+    """Wall-clock start time of ``pid`` from ``/proc`` (Linux), or ``None`` where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+        # the command name (field 2) may hold spaces and parentheses: the fields after it follow the last ')'
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] in ("Z", "X"):  # a zombie has finished: it writes nothing any more
+            return float("inf")
+        ticks = int(fields[19])
+        with open("/proc/stat", "rb") as fh:
+            btime = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this host (a zombie counts as finished)."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return _proc_start_time(pid) != float("inf")
+
+
+def is_stale_temp(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of this package's temporaries (see :func:`temp_path`) whose writer is gone.
+
+    Its writer is gone when no process has its PID, or when the process that has it now started after the
+    temporary was last modified (the PID was reused: a writer starts before it writes). Temporaries of this
+    process and of live processes that may have written them are never stale. PIDs are those of this host: give
+    folders that only this host's processes write into, or hold a lock that keeps other writers out.
+    """
+    p = Path(path)
+    pid = _temp_owner(p.name)
+    if pid is None or pid == os.getpid():
+        return False
+    if not pid_alive(pid):
+        return True
+    started = _proc_start_time(pid)
+    if started is None:
+        return False
+    try:
+        modified = p.lstat().st_mtime
+    except OSError:
+        return False
+    return started > modified + _START_SLACK
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Remove the temporaries (files or folders) of dead processes directly in ``folder``.
+
+    Call it at the start of a run on the folders it writes into, e.g. after a ``kill -9`` during an export or a
+    checkpoint write left a ``.NAME.PID.tmp`` folder or a ``NAME.tmpPID`` file behind. What
+    :func:`is_stale_temp` does not call stale (other files, temporaries of live processes) is left alone.
+
+    Args:
+        folder: the folder to clean; a missing folder is fine (nothing to do).
+        recursive: also clean the sub-folders (not descending into the temporaries themselves).
+
+    Returns:
+        The paths removed, sorted.
+    """
+    removed: list[Path] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        path = Path(entry.path)
+        if is_stale_temp(path):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            removed.append(path)
+        elif recursive and entry.is_dir(follow_symlinks=False):
+            removed.extend(remove_stale_temps(path, recursive=True))
+    return sorted(removed)
 
 
 _memo: dict[tuple[str, int, int], str] = {}

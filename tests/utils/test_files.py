@@ -67,3 +67,98 @@ def test_written_files_get_the_umask_mode_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# --- temporaries of killed processes ----------------------------------------------------------------------------
+def _dead_pid() -> int:
+    """The PID of a process that has finished (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def live_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, live_pid):
+    from monai_lessmore.utils.files import remove_stale_temps, temp_path
+
+    dead = _dead_pid()
+    # the names the writers of this package use, for a dead writer ...
+    stale = [
+        f".manifest.csv.{dead}-a1b2_c3d.tmp",  # atomic_write_bytes
+        f".phantom_00.{dead}.tmp",  # exported slice folder being filled
+        f".phantom_00.{dead}.old",  # previous export being swapped out
+        f".vol.nii.gz.{dead}.tmp.nii.gz",  # NIfTI export
+        f"checkpoint.pt.tmp{dead}",  # checkpoint writer
+        f"vol.npy.{dead}.tmp",  # slice store
+    ]
+    # ... of a live one, of this process, and files that merely look alike
+    kept = [
+        f".manifest.csv.{live_pid}-zz9_x8yw.tmp",
+        f".phantom_01.{live_pid}.tmp",
+        f"checkpoint.pt.tmp{os.getpid()}",
+        "phantom_00",
+        "notes.tmp",
+        "checkpoint.pt",
+        ".phantom_00.tmp",
+    ]
+    for name in stale + kept:
+        if name.startswith(".phantom_0") and not name.endswith("old"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "phantom_00_3.png").write_bytes(b"x")
+        else:
+            (tmp_path / name).write_bytes(b"x")
+    assert temp_path(tmp_path / "phantom_00") == tmp_path / f".phantom_00.{os.getpid()}.tmp"
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_atomic_writer_temporaries_are_recognised_while_writing(tmp_path, monkeypatch):
+    from monai_lessmore.utils.files import is_stale_temp
+
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    atomic_write_json(tmp_path / "summary.json", {})
+    (name,) = seen
+    assert name.startswith(f".summary.json.{os.getpid()}-") and name.endswith(".tmp")
+    # the same name with a dead writer's PID is stale; with ours it is not
+    dead = _dead_pid()
+    ours = tmp_path / name
+    ours.write_bytes(b"x")
+    theirs = tmp_path / name.replace(f".{os.getpid()}-", f".{dead}-")
+    theirs.write_bytes(b"x")
+    assert not is_stale_temp(ours) and is_stale_temp(theirs)
+
+
+def test_reused_pid_does_not_protect_an_older_temporary(tmp_path, live_pid):
+    from monai_lessmore.utils.files import _proc_start_time, is_stale_temp
+
+    if _proc_start_time(live_pid) is None:
+        pytest.skip("process start times are not readable here (no /proc)")
+    tmp = tmp_path / f".phantom_00.{live_pid}.tmp"
+    tmp.mkdir()
+    assert not is_stale_temp(tmp)  # the live process may be writing it
+    # last modified an hour before that process started: the process now holding the PID cannot have written it
+    old = _proc_start_time(live_pid) - 3600
+    os.utime(tmp, (old, old))
+    assert is_stale_temp(tmp)
