@@ -3,8 +3,14 @@
 A dataset root may mix formats. Every path returned can be passed to
 :func:`~monai_lessmore.io.load.load_volume`: NIfTI/NRRD/MetaImage files, folders that directly hold DICOM files
 (one series each; checked cheaply by the 128-byte preamble + ``DICM`` magic, or a ``.dcm`` extension), and every
-volume of a slice folder as ``"<folder>/<volume id>"``. The reduction works per volume (spec section 2), so this is
-the list a dataset-level job iterates over, in parallel if it likes (spec section 7).
+volume of a slice folder as ``"<folder>/<volume id>"``. The reduction works per volume (Wolf et al., 2024), so this is
+the list a dataset-level job iterates over, in parallel if it likes.
+
+The output folders of ``lessmore reduce`` are never discovered, so a dataset root that also holds runs (or a run
+written inside the data by an older version) does not pick up its exported slices as new volumes. Such a folder is
+known by the marker file :data:`OUTPUT_MARKER` in it (also the run's lock), or by the layout an output has
+(``manifest.csv``, ``summary.json`` and a ``records/`` folder). Its ``slices/`` or ``volumes/`` folder given as the
+root is discovered as usual.
 """
 
 from __future__ import annotations
@@ -18,14 +24,31 @@ from monai_lessmore.io.nifti import is_nifti_path
 from monai_lessmore.io.slice_folder import SLICE_NAME_PATTERN, resolve_slice_volume
 from monai_lessmore.io.volume import VolumeReadError
 
-__all__ = ["discover_volumes"]
+__all__ = ["discover_volumes", "is_output_folder", "OUTPUT_MARKER"]
+
+#: File in the root of every ``lessmore reduce`` output folder: the run's lock, and the sign that the folder holds
+#: outputs, not data.
+OUTPUT_MARKER = ".lessmore-reduce.lock"
+
+
+def is_output_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is the output folder of a ``lessmore reduce`` run (marker file, or the outputs' layout)."""
+    folder = os.fspath(folder)
+    if os.path.isfile(os.path.join(folder, OUTPUT_MARKER)):
+        return True
+    return (
+        os.path.isfile(os.path.join(folder, "manifest.csv"))
+        and os.path.isfile(os.path.join(folder, "summary.json"))
+        and os.path.isdir(os.path.join(folder, "records"))
+    )
 
 
 def discover_volumes(root: str | os.PathLike) -> list[str]:
     """List the volume paths under ``root``, sorted.
 
-    Hidden files and folders (starting with ``.``) and ``DICOMDIR`` index files are skipped. A path that is
-    itself one volume (a file, a DICOM series folder, a ``"<folder>/<volume id>"`` address) gives ``[path]``.
+    Hidden files and folders (starting with ``.``), ``DICOMDIR`` index files and the output folders of
+    ``lessmore reduce`` (:func:`is_output_folder`, ``root`` included) are skipped. A path that is itself one volume (a
+    file, a DICOM series folder, a ``"<folder>/<volume id>"`` address) gives ``[path]``.
 
     Args:
         root: a folder to walk, or one volume.
@@ -45,8 +68,12 @@ def discover_volumes(root: str | os.PathLike) -> list[str]:
         detect_volume_kind(root)  # raises for unsupported files with the list of formats
         return [root]
     found: list[str] = []
+    if is_output_folder(root):
+        return found
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        subfolders[:] = sorted(
+            d for d in subfolders if not d.startswith(".") and not is_output_folder(os.path.join(folder, d))
+        )
         has_dicom = False
         slice_volumes: set[str] = set()
         for name in sorted(files):
