@@ -160,11 +160,17 @@ def _print_summary(summary: dict[str, Any], out=None) -> None:
     )
 
 
+def _print_failures(summary: dict[str, Any]) -> None:
+    """Each failure once, in full (while running, each got one short line)."""
+    for f in summary["failures"]:
+        print(f"lessmore reduce: failed: {f['source']}: {f['error']}", file=sys.stderr)
+
+
 def _run_reduce(
     inputs, output, reducer_args, export, workers, order, progress,
     *, dask=False, scheduler=None, connect_timeout=10.0, report=False,
 ) -> int:
-    from monai_lessmore.cli.reduce import ReduceJob
+    from monai_lessmore.cli.reduce import DiskFullError, OutputLocked, ReduceJob
 
     if scheduler is not None and workers is not None:
         print("lessmore reduce: error: --workers applies to local runs and --dask; the cluster at --scheduler "
@@ -191,11 +197,20 @@ def _run_reduce(
             if n_workers == 0:
                 print("lessmore reduce: the cluster has no workers yet; volumes wait until workers join", file=sys.stderr)
             job.executor = DaskExecutor(client)
-        summary = job.run()
+        try:
+            summary = job.run()
+        except OutputLocked as exc:
+            print(f"lessmore reduce: error: {exc}", file=sys.stderr)
+            return 2
+        except DiskFullError as exc:
+            if exc.summary is not None:
+                _print_summary(exc.summary)
+                _print_failures(exc.summary)
+            print(f"lessmore reduce: error: {exc}", file=sys.stderr)
+            return 1
     _print_summary(summary)
     print(f"wrote {Path(output) / 'manifest.csv'} and {Path(output) / 'summary.json'}")
-    for f in summary["failures"]:
-        print(f"lessmore reduce: failed: {f['source']}: {f['error']}", file=sys.stderr)
+    _print_failures(summary)
     if report and summary["volumes"]:
         _run_report(output)
     return 1 if summary["failures"] else 0

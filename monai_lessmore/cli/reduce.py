@@ -2,6 +2,7 @@
 
 Layout of the output folder::
 
+    DIR/.lessmore-reduce.lock  the run's lock (PID and host of the run holding it); marks DIR as an output folder
     DIR/manifest.csv         one row per slice of every finished volume: volume,source,slice_index,kept,hash
     DIR/summary.json         parameters, per-volume counts, overall kept fraction, failures
     DIR/records/<volume>.json  per-volume result, written as soon as that volume is done (resume reads these)
@@ -14,18 +15,29 @@ soon as it arrives, so workers need no shared filesystem unless they export slic
 that fails is reported in ``summary.json`` and on stderr while the others go on; the exit status is non-zero when
 any failed. Re-running with the same settings skips the volumes whose record matches (same source content, same
 settings, requested exports present).
+
+Faults: one run at a time writes to an output folder (:func:`output_lock`; a second exits naming the first); an
+output inside an input (or an input inside the output's exports) is refused before anything is written; local
+worker processes exit when the client dies (parent-death signal on Linux, a watchdog on the parent elsewhere), and
+a new run waits for those of a killed one before it starts; temporaries of killed processes are removed at the
+start (:func:`~monai_lessmore.utils.files.remove_stale_temps`); a full disk stops the run with
+:class:`DiskFullError` after cleaning up the failed exports, keeping every finished volume's record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -35,11 +47,31 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from monai_lessmore.io.slice_folder import validate_order
+from monai_lessmore.io.discover import OUTPUT_MARKER, is_output_folder
+from monai_lessmore.io.slice_folder import resolve_slice_volume, validate_order
 from monai_lessmore.reduction.reducer import SliceReducer
-from monai_lessmore.utils.files import _umask, atomic_write_json, atomic_write_text, content_digest
+from monai_lessmore.utils.files import (
+    _umask,
+    atomic_write_json,
+    atomic_write_text,
+    content_digest,
+    pid_alive,
+    remove_stale_temps,
+    temp_path,
+)
 
-__all__ = ["ReduceJob", "Executor", "local_executor", "volume_name", "process_volume", "MANIFEST_COLUMNS", "EXPORTS"]
+__all__ = [
+    "ReduceJob",
+    "Executor",
+    "local_executor",
+    "volume_name",
+    "process_volume",
+    "output_lock",
+    "OutputLocked",
+    "DiskFullError",
+    "MANIFEST_COLUMNS",
+    "EXPORTS",
+]
 
 MANIFEST_COLUMNS = ("volume", "source", "slice_index", "kept", "hash")
 EXPORTS = ("none", "png", "nifti")
@@ -76,20 +108,26 @@ def _export_png(out_dir: Path, name: str, u8: Any, kept: Iterable[int]) -> None:
 
     parent = out_dir / "slices"
     final = parent / name
-    tmp = parent / f".{name}.{os.getpid()}.tmp"
+    tmp = temp_path(final)
     old = parent / f".{name}.{os.getpid()}.old"
     for leftover in (tmp, old):
         if leftover.exists():
             shutil.rmtree(leftover)
     tmp.mkdir(parents=True)
-    for k in kept:
-        Image.fromarray(u8[k]).save(tmp / f"{name}_{k}.png")
-        os.chmod(tmp / f"{name}_{k}.png", 0o666 & ~_umask())
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    try:
+        for k in kept:
+            Image.fromarray(u8[k]).save(tmp / f"{name}_{k}.png")
+            os.chmod(tmp / f"{name}_{k}.png", 0o666 & ~_umask())
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        # a failed export (a full disk) gives its space back and leaves the previous export in place
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _export_nifti(out_dir: Path, name: str, vol: Any, kept: np.ndarray) -> None:
@@ -104,7 +142,7 @@ def _export_nifti(out_dir: Path, name: str, vol: Any, kept: np.ndarray) -> None:
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)).astype(np.float32), affine)
     dest = out_dir / "volumes" / f"{name}.nii.gz"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp.nii.gz"
+    tmp = temp_path(dest, ".nii.gz")  # nibabel picks the format by the suffix
     try:
         nib.save(img, str(tmp))
         os.replace(tmp, dest)
@@ -186,15 +224,63 @@ Executor = Callable[[Sequence[tuple[str, str]], tuple], Iterator[tuple[str, str,
 
 
 def _share_cores(threads: int) -> None:
-    """Process-pool initializer: limit this worker's torch (and compiled-kernel) threads."""
+    """Limit this worker's torch (and compiled-kernel) threads."""
     import torch
 
     # never more than the worker would use anyway (OMP_NUM_THREADS or torch's default, inherited from the parent)
     torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
 
 
+#: Seconds between a worker's checks that its parent (the client) is alive, where no parent-death signal exists.
+_WATCHDOG_INTERVAL = 0.5
+#: File beside the lock that the local workers of a run hold shared: a new run waits until nobody holds it.
+_WORKERS_LOCK = ".lessmore-reduce.workers"
+#: Seconds a new run waits for the workers of a killed one to exit before it gives up.
+_LEFTOVER_WAIT = 30.0
+_worker_lock_fd: int | None = None
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when ``parent`` dies: a parent-death SIGKILL (Linux ``prctl``) and a watchdog thread."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCHDOG_INTERVAL)
+            if os.getppid() != parent:  # re-parented: the client is gone, nobody will collect the results
+                os._exit(1)
+
+    threading.Thread(target=watch, name="lessmore-parent-watchdog", daemon=True).start()
+
+
+def _worker_init(threads: int, parent: int, workers_lock: str | None) -> None:
+    """Process-pool initializer: exit with the client, hold the run's workers lock shared, share the cores."""
+    global _worker_lock_fd
+    _die_with_parent(parent)
+    if workers_lock is not None:
+        with contextlib.suppress(OSError, ImportError):
+            import fcntl
+
+            fd = os.open(workers_lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            _worker_lock_fd = fd  # held until this process ends
+    _share_cores(threads)
+
+
 def local_executor(workers: int = 1) -> Executor:
-    """The default executor: in this process (``workers == 1``) or a spawn-started process pool."""
+    """The default executor: in this process (``workers == 1``) or a spawn-started process pool.
+
+    The pool's workers exit when this process dies (also by ``kill -9``), and hold the output folder's workers
+    lock while they live, so a new run into the same folder never overlaps with them.
+    """
 
     def run(todo: Sequence[tuple[str, str]], args: tuple) -> Iterator[tuple[str, str, Callable[[], dict[str, Any]]]]:
         if workers == 1 or len(todo) <= 1:
@@ -206,16 +292,183 @@ def local_executor(workers: int = 1) -> Executor:
         # cores (torch's count, which the compiled SSIM/MI kernels follow too) instead of all of them
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, cores // workers)
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=get_context("spawn"), initializer=_share_cores, initargs=(threads,)
-        ) as pool:
+        workers_lock = os.path.join(args[1], _WORKERS_LOCK)
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,
+            initargs=(threads, os.getpid(), workers_lock),
+        )
+        try:
             futures = {pool.submit(process_volume, s, n, *args, write_record=False): (s, n) for s, n in todo}
             for fut in as_completed(futures):
                 s, n = futures[fut]
                 yield s, n, fut.result
+        finally:
+            # stopped early (a full disk, Ctrl-C): drop the volumes not started, let the running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
 
     return run
 # --- end executor hook -----------------------------------------------------------------------------------------
+
+
+class OutputLocked(RuntimeError):
+    """Another run writes to the output folder (its PID and host are in the message)."""
+
+
+class DiskFullError(OSError):
+    """The output filesystem is full: the run stopped; finished volumes keep their records (re-run to resume).
+
+    Attributes:
+        summary: the summary written to ``summary.json``, or ``None`` when even that could not be written.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
+        super().__init__(errno.ENOSPC, message)
+        self.summary = summary
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _lock_owner(path: Path) -> dict[str, Any]:
+    # the holder writes its PID right after taking the lock: give it a moment
+    for _ in range(20):
+        try:
+            owner = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(owner, dict) and "pid" in owner:
+                return owner
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return {}
+
+
+def _locked_message(folder: Path, owner: dict[str, Any]) -> str:
+    who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+    if owner.get("started"):
+        who += f", started {owner['started']}"
+    return (
+        f"{folder} is in use by another lessmore reduce run ({who}); wait for it to finish, or give another "
+        "--output (two runs into one folder would mix their records and exported slices)"
+    )
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Hold the lock of an output folder (created if needed) while the ``with`` block runs.
+
+    The lock is ``folder/.lessmore-reduce.lock`` (:data:`~monai_lessmore.io.discover.OUTPUT_MARKER`), locked with
+    ``flock`` and holding the PID, host and start time of its holder. The kernel releases it when the holder ends,
+    however it ends, so the lock of a killed run is simply taken over. On a filesystem without ``flock`` the PID in
+    the file decides: a live process of this host keeps the folder, a dead one's lock is taken over.
+
+    Yields:
+        What was written to the lock file (``pid``, ``host``, ``started``, ``command``).
+
+    Raises:
+        OutputLocked: another run (in any process, this one included) holds the lock; the message names it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / OUTPUT_MARKER
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            raise OutputLocked(_locked_message(folder, _lock_owner(path))) from None
+        except (OSError, ImportError):  # no flock here (Windows, some network filesystems): the PID decides
+            owner = _lock_owner(path)
+            pid = owner.get("pid")
+            if (
+                isinstance(pid, int) and pid != os.getpid() and owner.get("host") == socket.gethostname()
+                and pid_alive(pid)
+            ):
+                raise OutputLocked(_locked_message(folder, owner)) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": sys.argv,
+        }
+        data = (json.dumps(info) + "\n").encode("utf-8")
+        with contextlib.suppress(OSError):  # a full disk must not lose the lock, only its description
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        yield info
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _wait_for_leftover_workers(folder: Path, timeout: float | None = None) -> None:
+    """Wait until no worker of an earlier (killed) run holds ``folder``'s workers lock (``timeout`` seconds at
+    most, default :data:`_LEFTOVER_WAIT`)."""
+    timeout = _LEFTOVER_WAIT if timeout is None else timeout
+    try:
+        import fcntl
+    except ImportError:
+        return
+    path = folder / _WORKERS_LOCK
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OutputLocked(
+                        f"worker processes of an earlier run into {folder} are still running after {timeout:g} s "
+                        f"(they hold {path}); end them (e.g. `fuser -k {path}`) and run again"
+                    ) from None
+                time.sleep(0.1)
+            except OSError:  # no flock on this filesystem
+                return
+    finally:
+        os.close(fd)
+
+
+def _check_paths(inputs: Sequence[str], output: str) -> None:
+    """Refuse, before anything is written: missing inputs, an output under a file, an output inside an input and
+    an input inside the output's exports."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} exists and is not a directory; give a new or existing folder")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--output {out}: {parent} is a file, not a folder; give an output folder path")
+            break
+    real_out = os.path.realpath(out)
+    for inp in inputs:
+        exists = os.path.exists(inp)
+        if not exists and resolve_slice_volume(inp) is None:
+            raise ValueError(
+                f"INPUT {inp} does not exist; give a volume file, a DICOM series folder, a slice folder (or "
+                "'<slice folder>/<volume id>') or a folder of many volumes"
+            )
+        real_in = os.path.realpath(inp if exists else os.path.dirname(inp) or ".")
+        if os.path.isdir(real_in) and (real_out == real_in or real_out.startswith(real_in.rstrip(os.sep) + os.sep)):
+            raise ValueError(
+                f"--output {out} is inside the input {inp}: a later run would read the outputs as new volumes; "
+                "give an output folder outside every input"
+            )
+        for sub in ("slices", "volumes", "records"):
+            area = os.path.join(real_out, sub)
+            if real_in == area or real_in.startswith(area + os.sep):
+                raise ValueError(
+                    f"INPUT {inp} is inside the output folder {out} ({sub}/ is written by this run); give another "
+                    "--output to reduce what an earlier run exported"
+                )
 
 
 @dataclass
@@ -244,9 +497,6 @@ class ReduceJob:
     executor: Executor | None = None  # executor hook (issue 3 item 6)
 
     def __post_init__(self) -> None:
-        out = Path(self.output)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--output {out} exists and is not a directory; give a new or existing folder")
         if self.export not in EXPORTS:
             raise ValueError(f"--export must be one of {', '.join(EXPORTS)}, got {self.export!r}")
         validate_order(self.order)
@@ -254,6 +504,7 @@ class ReduceJob:
             raise ValueError(f"--workers must be a positive integer, got {self.workers!r}")
         if not self.inputs:
             raise ValueError("give at least one INPUT (a volume, a DICOM series folder, a slice folder or a dataset folder)")
+        _check_paths(self.inputs, self.output)
         self.reducer = SliceReducer(**self.reducer_args)  # fail fast on bad settings
 
     # ------------------------------------------------------------------
@@ -270,7 +521,12 @@ class ReduceJob:
                 failures.append({"source": str(inp), "error": f"{type(exc).__name__}: {exc}"})
                 continue
             if not found:
-                failures.append({"source": str(inp), "error": "no volumes found (NIfTI, DICOM series, NRRD/MHA or slice folders)"})
+                if is_output_folder(inp):
+                    error = ("the output folder of a lessmore reduce run, whose outputs are not volumes; give its slices/ "
+                             "or volumes/ folder to reduce what it exported")
+                else:
+                    error = "no volumes found (NIfTI, DICOM series, NRRD/MHA or slice folders)"
+                failures.append({"source": str(inp), "error": error})
             # absolute: Dask workers on other hosts resolve paths against their own working directory
             sources.extend(os.path.abspath(f) for f in found)
         seen: set[str] = set()
@@ -307,13 +563,26 @@ class ReduceJob:
             return None
         return record
 
-    def run(self, log=sys.stderr) -> dict[str, Any]:
-        """Run the job; returns the summary (also written to ``summary.json``)."""
+    def run(self, log=None) -> dict[str, Any]:
+        """Run the job holding the output folder's lock; returns the summary (also written to ``summary.json``).
+
+        Raises:
+            OutputLocked: another run writes to the output folder (nothing was written).
+            DiskFullError: the output filesystem filled up; the run stopped after the volumes in progress.
+        """
+        log = sys.stderr if log is None else log
+        out = Path(self.output)
+        with output_lock(out):
+            _wait_for_leftover_workers(out)
+            removed = [p for d in (out, out / "records", out / "slices", out / "volumes") for p in remove_stale_temps(d)]
+            if removed:
+                print(f"lessmore reduce: removed {len(removed)} temporary file(s) of an interrupted run", file=log)
+            return self._run(out, log)
+
+    def _run(self, out: Path, log) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
-        out = Path(self.output)
-        out.mkdir(parents=True, exist_ok=True)
         sources, failures = self.discover()
         names = _unique_names(sources)
         records: dict[str, dict[str, Any]] = {}
@@ -326,19 +595,46 @@ class ReduceJob:
                 todo.append((source, name))
         args = (dict(self.reducer_args), str(out.resolve()), self.export, self.order)
         bar = tqdm(total=len(todo), desc="reducing", unit="vol", disable=not self.progress, file=log)
+        disk_full: BaseException | None = None
+        run_all = self.executor if self.executor is not None else local_executor(self.workers)
+        volumes = run_all(todo, args)
         try:
-            run_all = self.executor if self.executor is not None else local_executor(self.workers)
-            for source, name, get in run_all(todo, args):
-                self._collect(records, failures, source, name, get, log, out)
+            for source, name, get in volumes:
+                disk_full = self._collect(records, failures, source, name, get, log, out, bar)
                 bar.update()
+                if disk_full is not None:
+                    break  # every further volume would fail the same way
         finally:
+            close = getattr(volumes, "close", None)
+            if close is not None:
+                close()  # cancels what has not started
             bar.close()
             # whatever happened, everything finished so far goes into the manifest and summary
-            summary = self._write_outputs(out, sources, names, records, failures, time.perf_counter() - start)
+            try:
+                summary = self._write_outputs(out, sources, names, records, failures, time.perf_counter() - start)
+            except OSError as exc:
+                if not _is_disk_full(exc):
+                    raise
+                raise DiskFullError(self._disk_full_message(out, records, todo, written=False)) from None
+        if disk_full is not None:
+            raise DiskFullError(self._disk_full_message(out, records, todo, written=True), summary)
         return summary
 
     @staticmethod
-    def _collect(records, failures, source, name, get, log, out: Path) -> None:
+    def _disk_full_message(out: Path, records, todo, *, written: bool) -> str:
+        done = sum(1 for _, n in todo if n in records and not records[n].get("resumed"))
+        return (
+            f"disk full: no space left on the filesystem of {out}. {len(records)} volume(s) finished (this run: "
+            f"{done} of {len(todo)}), their records are in {out / 'records'}; "
+            + ("manifest.csv and summary.json list them. " if written else "manifest.csv and summary.json could not "
+               "be written. ")
+            + "Free some space (or give an --output with room) and run the same command again: it resumes."
+        )
+
+    @staticmethod
+    def _collect(records, failures, source, name, get, log, out: Path, bar=None) -> BaseException | None:
+        """Record one finished volume, or its failure (one short line now, in full in the summary); returns the
+        error when it was a full disk."""
         try:
             record = get()
             atomic_write_json(out / "records" / f"{name}.json", record)  # the client writes every record
@@ -346,7 +642,15 @@ class ReduceJob:
         except Exception as exc:  # noqa: BLE001 - one bad volume must not stop the batch
             msg = f"{type(exc).__name__}: {exc}"
             failures.append({"source": source, "volume": name, "error": msg})
-            print(f"lessmore reduce: FAILED {source}: {msg}", file=log)
+            line = f"lessmore reduce: failed {name}: {msg}"
+            if len(line) > 100:
+                line = line[:96] + "... (in full at the end)"
+            if bar is not None and not bar.disable:
+                bar.write(line, file=log)
+            else:
+                print(line, file=log)
+            return exc if _is_disk_full(exc) else None
+        return None
 
     def _write_outputs(self, out, sources, names, records, failures, seconds) -> dict[str, Any]:
         rows = io.StringIO()

@@ -87,12 +87,12 @@ def test_bad_volume_is_reported_and_the_batch_goes_on(dataset, tmp_path, capsys)
     nib.save(nib.Nifti1Image(nan_vol.transpose(2, 1, 0), np.diag([-1.0, -1, 1, 1])), str(bad_dir / "nan.nii.gz"))
     before = {p: p.read_bytes() for p in bad_dir.iterdir()}
     out = tmp_path / "out"
-    code = main(["reduce", str(bad_dir), str(dataset / "phantom_02.nii.gz"), str(tmp_path / "missing"), "-o", str(out), "--no-progress"])
+    code = main(["reduce", str(bad_dir), str(dataset / "phantom_02.nii.gz"), "-o", str(out), "--no-progress"])
     assert code == 1
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["volumes"]) == ["phantom_02"]
     failed = {os.path.basename(f["source"]): f["error"] for f in summary["failures"]}
-    assert set(failed) == {"truncated.nii.gz", "nan.nii.gz", "missing"}
+    assert set(failed) == {"truncated.nii.gz", "nan.nii.gz"}
     assert "NaN/Inf" in failed["nan.nii.gz"]
     assert "truncated.nii.gz" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in bad_dir.iterdir()} == before  # inputs untouched

@@ -1,0 +1,414 @@
+"""`lessmore reduce` under faults: bad paths, our own output as input, a second run, a killed client, a full disk,
+temporaries left by killed runs, and how failures are printed."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from monai_lessmore.cli.main import main
+from monai_lessmore.io import discover_volumes
+from monai_lessmore.phantom import write_phantom_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_phantom_dataset(root / "ph", n_volumes=3, slices=(40, 80), size=32)
+    return root / "ph"
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+# --- paths ------------------------------------------------------------------------------------------------------
+def test_output_equal_to_or_inside_an_input_is_refused(dataset, tmp_path, capsys):
+    data = tmp_path / "d"
+    shutil.copytree(dataset, data)
+    before = tree(data)
+    for output in (data / "out", data, data / "a" / "b"):
+        assert main(["reduce", str(data), "--output", str(output), "--export", "png", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "inside the input" in err and str(data) in err
+        assert tree(data) == before  # nothing written
+    # the same through a symlinked path, and when the output is inside a second input
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    assert main(["reduce", str(dataset / "phantom_00.nii.gz"), str(link), "-o", str(data / "out"), "--no-progress"]) == 2
+    assert tree(data) == before
+
+
+def test_input_inside_the_exported_slices_of_the_output_is_refused(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    vol = dataset / "phantom_00.nii.gz"
+    assert main(["reduce", str(vol), "-o", str(out), "--export", "png", "--no-progress"]) == 0
+    exported = out / "slices" / "phantom_00"
+    before = {p.name: p.read_bytes() for p in exported.iterdir()}
+    # reducing the exported slices into the same output would export them over themselves
+    assert main(["reduce", str(exported), "-o", str(out), "--export", "png", "--no-progress"]) == 2
+    assert "inside the output" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in exported.iterdir()} == before
+    # into another output it is fine
+    assert main(["reduce", str(exported), "-o", str(tmp_path / "other"), "--no-progress"]) == 0
+
+
+def test_our_own_output_folders_are_never_discovered(dataset, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(dataset, root / "ph")
+    volumes = discover_volumes(root)
+    assert len(volumes) == 3
+    # an output folder next to the data, with exported slices (which alone would be volumes)
+    assert main(["reduce", str(root / "ph"), "-o", str(root / "run"), "--export", "png", "--no-progress"]) == 0
+    assert discover_volumes(root) == volumes
+    assert discover_volumes(root / "run") == []
+    # the exported slices themselves are still a volume when asked for explicitly
+    assert discover_volumes(root / "run" / "slices") == [str(root / "run" / "slices" / f"phantom_0{i}" / f"phantom_0{i}") for i in range(3)]
+    # an output of a version that wrote no marker is known by its layout
+    for marker in (root / "run").glob(".lessmore*"):
+        marker.unlink()
+    assert discover_volumes(root) == volumes
+    # so a second run over the whole root keeps the names and records of the first
+    out = tmp_path / "out2"
+    assert main(["reduce", str(root), "-o", str(out), "--no-progress"]) == 0
+    assert sorted(summary_of(out)["volumes"]) == ["phantom_00", "phantom_01", "phantom_02"]
+
+
+def test_output_under_a_regular_file_exits_2(dataset, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    assert main(["reduce", str(dataset), "--output", str(afile / "sub"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(afile) in err and "is a file" in err
+    assert afile.read_text() == "keep"
+
+
+def test_nonexistent_input_exits_2_before_anything_is_written(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = tmp_path / "missing"
+    assert main(["reduce", str(dataset), str(missing), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+    assert not out.exists()
+    # a slice-folder volume address is not a path on disk but is a valid input
+    folder = tmp_path / "slices"
+    assert main(["reduce", str(dataset / "phantom_00.nii.gz"), "-o", str(tmp_path / "o1"), "--export", "png", "--no-progress"]) == 0
+    shutil.copytree(tmp_path / "o1" / "slices" / "phantom_00", folder)
+    assert main(["reduce", str(folder / "phantom_00"), "-o", str(tmp_path / "o2"), "--no-progress"]) == 0
+
+
+# --- lock -------------------------------------------------------------------------------------------------------
+HOLD_LOCK = """
+import sys, time
+from monai_lessmore.cli.reduce import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def locked_output(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield out, proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_second_run_into_a_locked_output_exits_2_naming_the_first(dataset, locked_output, capsys):
+    out, pid = locked_output
+    assert main(["reduce", str(dataset), "-o", str(out), "--threshold", "12", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"pid {pid}" in err and socket.gethostname() in err
+    assert not (out / "records").exists() and not (out / "manifest.csv").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(dataset, tmp_path):
+    from monai_lessmore.io.discover import OUTPUT_MARKER
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / OUTPUT_MARKER).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    assert main(["reduce", str(dataset), "-o", str(out), "--no-progress"]) == 0
+    assert summary_of(out)["complete"] is True
+
+
+def test_lock_is_released_and_reusable_in_one_process(dataset, tmp_path):
+    from monai_lessmore.cli.reduce import OutputLocked, output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):
+        with pytest.raises(OutputLocked, match=f"pid {os.getpid()}"):
+            with output_lock(out):
+                pass
+    with output_lock(out):  # released on exit
+        pass
+
+
+# --- temporaries of killed runs -----------------------------------------------------------------------------------
+def test_stale_temporaries_are_removed_at_start(dataset, tmp_path):
+    out = tmp_path / "out"
+    vol = str(dataset / "phantom_00.nii.gz")
+    assert main(["reduce", vol, "-o", str(out), "--export", "png", "--no-progress"]) == 0
+    dead = dead_pid()
+    stale = [
+        out / "slices" / f".phantom_00.{dead}.tmp",
+        out / "slices" / f".phantom_00.{dead}.old",
+        out / "records" / f".phantom_00.json.{dead}-q1w2e3r4.tmp",
+        out / f".manifest.csv.{dead}-a1s2d3f4.tmp",
+        out / "volumes" / f".phantom_00.nii.gz.{dead}.tmp.nii.gz",
+    ]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.name.endswith(".tmp") and p.parent.name == "slices" or p.name.endswith(".old"):
+            p.mkdir()
+            (p / "phantom_00_1.png").write_bytes(b"\x89PNG" + b"x" * 1000)
+        else:
+            p.write_bytes(b"x" * 1000)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = out / "slices" / f".phantom_01.{live.pid}.tmp"
+        busy.mkdir()
+        assert main(["reduce", vol, "-o", str(out), "--export", "png", "--no-progress"]) == 0
+        assert not any(p.exists() for p in stale)
+        assert busy.exists()  # a live process's temporary is never touched
+    finally:
+        live.kill()
+        live.wait()
+
+
+# --- killed client ----------------------------------------------------------------------------------------------
+def _descendants(pid: int) -> set[int]:
+    """PIDs of every process below ``pid`` (psutil when installed, else /proc)."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            return set()
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to list the worker processes")
+def test_killed_client_takes_its_workers_with_it_and_the_rerun_completes(tmp_path):
+    data = tmp_path / "data"
+    write_phantom_dataset(data, n_volumes=6, slices=(40, 60), size=64)
+    out = tmp_path / "out"
+    args = ["reduce", str(data), "-o", str(out), "--workers", "2", "--export", "png", "--threshold", "0", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    workers: set[int] = set()
+    client = subprocess.Popen([sys.executable, "-m", "monai_lessmore.cli.main", *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        # kill it while the workers export
+        while not ((out / "slices").is_dir() and any((out / "slices").iterdir())):
+            assert client.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the workers never started exporting"
+            time.sleep(0.05)
+        workers = _descendants(client.pid)
+        assert workers
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _alive(p)], "worker processes outlived the killed client"
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        for p in workers:  # reparented by now: not below the client any more
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+    # the re-run resumes: no temporaries of the killed run left, every volume exported once
+    assert main(args[:4] + args[6:]) == 0  # in this process: quicker
+    summary = summary_of(out)
+    assert summary["complete"] and summary["n_volumes"] == 6
+    assert not [p for p in out.rglob(".*") if not p.name.startswith(".lessmore-reduce.")]
+    assert sum(1 for _ in (out / "slices").rglob("*.png")) == summary["n_kept"]
+
+
+# --- disk full --------------------------------------------------------------------------------------------------
+def test_disk_full_is_reported_and_the_rerun_completes(dataset, tmp_path, monkeypatch, capsys):
+    """ENOSPC simulated in this process: from the second export on the disk is full, and so it stays for the
+    manifest. Finished volumes keep their records; no temporary of a failed export stays; exit 1 saying so."""
+    from PIL import Image
+
+    out = tmp_path / "out"
+    real_save = Image.Image.save
+    state = {"pngs": 0}
+
+    def save(self, fp, *args, **kwargs):
+        state["pngs"] += 1
+        if state["pngs"] > 3:  # the first volume keeps 3 slices with --count 3
+            Path(fp).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    import monai_lessmore.utils.files as files
+
+    real_write = files.atomic_write_bytes
+
+    def write(path, data, **kwargs):
+        if state["pngs"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    monkeypatch.setattr(files, "atomic_write_bytes", write)
+    args = ["reduce", str(dataset), "-o", str(out), "--count", "3", "--export", "png", "--no-progress"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "disk full" in captured.err.lower()
+    assert "Traceback" not in captured.err
+    assert sorted(p.name for p in (out / "records").glob("*.json")) == ["phantom_00.json"]
+    assert [p.name for p in (out / "slices").iterdir()] == ["phantom_00"]  # no temporary folder of a failed export
+    monkeypatch.undo()  # space freed
+    assert main(args) == 0
+    summary = summary_of(out)
+    assert summary["complete"] and summary["volumes"]["phantom_00"]["resumed"] is True
+    assert sum(not v["resumed"] for v in summary["volumes"].values()) == 2
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 3 MB tmpfs at ``tmp_path/small``; skips where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
+        pytest.skip("needs Linux mount(8)")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_real_full_filesystem(tmp_path, small_filesystem, capsys):
+    data = tmp_path / "data"
+    write_phantom_dataset(data, n_volumes=10, slices=(30, 40), size=160)
+    out = small_filesystem / "out"
+    args = ["reduce", str(data), "-o", str(out), "--threshold", "0", "--export", "png", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "disk full" in err.lower() and "Traceback" not in err
+    records = sorted(p.stem for p in (out / "records").glob("*.json"))
+    assert records, "no volume finished before the disk was full"
+    assert len(records) < 10
+    # every finished volume's export is complete; no temporary of a failed export is left
+    exported = sorted(p.name for p in (out / "slices").iterdir())
+    assert set(records) <= set(exported) and not [n for n in exported if n.startswith(".")]
+    # free space (grow the filesystem) and run again: it resumes the finished volumes and completes
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_filesystem)], check=True)
+    assert main(args) == 0
+    summary = summary_of(out)
+    assert summary["complete"] and summary["n_volumes"] == 10
+    assert sorted(n for n, v in summary["volumes"].items() if v["resumed"]) == records
+    assert not [p for p in out.rglob(".*") if not p.name.startswith(".lessmore-reduce.")]
+
+
+# --- how failures are printed ----------------------------------------------------------------------------------
+def test_each_failure_is_printed_once_in_full_and_briefly_while_running(dataset, tmp_path, monkeypatch, capsys):
+    import monai_lessmore.cli.reduce as job
+
+    detail = "method 'ssim' compares slices pixel by pixel, but this volume's slices differ in size " + "x" * 300
+
+    def fail(source, name, *args, **kwargs):
+        raise ValueError(f"{name}: {detail}")
+
+    monkeypatch.setattr(job, "process_volume", fail)
+    assert main(["reduce", str(dataset), "-o", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    for name in ("phantom_00", "phantom_01", "phantom_02"):
+        assert err.count(f"{name}: {detail}") == 1  # in full, once
+        short = [line for line in err.splitlines() if name in line and detail not in line]
+        assert len(short) == 1 and len(short[0]) <= 120  # one short line while running
+
+
+def test_a_new_run_waits_for_the_workers_of_a_killed_one(dataset, tmp_path, monkeypatch, capsys):
+    """A worker of an earlier run that is still alive holds the folder's workers lock (shared): the new run waits
+    for it, and gives up (exit 2, saying so) when it does not end. (flock locks of two open files conflict within
+    one process too, so the "worker" is a file descriptor here.)"""
+    import fcntl
+    import threading
+
+    import monai_lessmore.cli.reduce as job
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out / job._WORKERS_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        monkeypatch.setattr(job, "_LEFTOVER_WAIT", 0.3)
+        assert main(["reduce", str(dataset), "-o", str(out), "--no-progress"]) == 2
+        assert "still running" in capsys.readouterr().err
+        assert not (out / "records").exists()
+        monkeypatch.setattr(job, "_LEFTOVER_WAIT", 30.0)
+        released = threading.Event()
+
+        def end_worker():
+            released.set()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+        timer = threading.Timer(0.5, end_worker)
+        timer.start()
+        assert main(["reduce", str(dataset), "-o", str(out), "--no-progress"]) == 0
+        assert released.is_set()  # it ran only after the "worker" had ended
+        timer.join()
+    finally:
+        os.close(fd)
