@@ -1,4 +1,4 @@
-"""Run ``lessmore reduce`` on a Dask cluster (issue 3 item 6): one task per volume, records written by the client.
+"""Run ``lessmore reduce`` on a Dask cluster: one task per volume, records written by the client.
 
 ``lessmore reduce ... --dask --workers N`` starts a :class:`distributed.LocalCluster` of ``N`` worker processes
 (one thread each) on this machine; ``--scheduler tcp://HOST:PORT`` connects to an existing cluster instead, which
@@ -21,6 +21,13 @@ Failures: a task that raises is retried once (``retries=1``), then reported in `
 failure. A worker that dies (killed, out of memory) has its running tasks moved to other workers by the scheduler
 up to ``distributed.scheduler.allowed-failures`` times; a volume that still cannot finish is reported and every
 other volume completes. Finished volumes' records are on disk as they arrive, so an interrupted run resumes.
+
+The client holds the output folder's lock (:func:`monai_lessmore.cli.reduce.output_lock`) for the whole run, as a
+local run does, so a second run into the same folder exits with status 2. A task that fails with a full disk
+(``ENOSPC``) stops the run: the tasks not finished are cancelled and the run ends with
+:class:`~monai_lessmore.cli.reduce.DiskFullError`. The workers of a ``--dask`` local cluster end with the client
+(each worker process exits when the pipe from its parent closes); tasks of a killed client already running on an
+existing cluster may still finish there, but nobody collects their results.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def process_volume(
     return record
 
 
-# --- executor hook (Dask scale-out, issue 3 item 6) ------------------------------------------------------------
+# --- executor hook (Dask scale-out) --------------------------------------------------------------------------
 #: Runs ``process_volume(source, name, *args, write_record=False)`` for every ``(source, name)`` of a to-do list
 #: and yields ``(source, name, get)`` as each volume finishes, where ``get()`` returns its record or raises its
 #: error. The client writes each record as it arrives. See :func:`local_executor` and
@@ -494,7 +494,7 @@ class ReduceJob:
     workers: int = 1
     order: str = "index"
     progress: bool = True
-    executor: Executor | None = None  # executor hook (issue 3 item 6)
+    executor: Executor | None = None  # executor hook (Dask scale-out)
 
     def __post_init__(self) -> None:
         if self.export not in EXPORTS:

@@ -6,6 +6,7 @@ The tasks injected with ``DaskExecutor(task=...)`` are top-level functions of th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -82,6 +83,12 @@ def slow_first_attempt_of_phantom_01(source, name, *args, **kwargs):
     if name == "phantom_01" and not any(folder.glob("phantom_01.*")):
         (folder / f"phantom_01.{os.getpid()}").write_text(str(os.getpid()))
         time.sleep(60)
+    return process_volume(source, name, *args, **kwargs)
+
+
+def disk_full_on_phantom_01(source, name, *args, **kwargs):
+    if name == "phantom_01":
+        raise OSError(errno.ENOSPC, "No space left on device", f"{args[1]}/slices/.{name}.tmp")
     return process_volume(source, name, *args, **kwargs)
 
 
@@ -187,6 +194,36 @@ def test_failing_task_is_retried_once_then_reported(cluster, dataset, local_run,
     expected = [r for r in (local_run / "manifest.csv").read_text().splitlines() if not r.startswith("phantom_01,")]
     assert (out / "manifest.csv").read_text().splitlines() == expected
     assert sorted(p.name for p in (out / "records").iterdir()) == ["phantom_00.json", "phantom_02.json"]
+
+
+def test_scheduler_run_holds_the_output_lock(cluster, dataset, tmp_path, capsys):
+    from monai_lessmore.cli.reduce import output_lock
+
+    out = tmp_path / "out"
+    args = ["reduce", str(dataset), "-o", str(out), "--scheduler", cluster[0].scheduler_address, "--no-progress"]
+    with output_lock(out):  # another run writes there
+        assert main(args) == 2
+        assert f"in use by another lessmore reduce run (pid {os.getpid()}" in capsys.readouterr().err
+        assert not (out / "records").exists()
+    assert main(args) == 0
+
+
+def test_disk_full_on_a_worker_stops_the_run(cluster, dataset, tmp_path):
+    from monai_lessmore.cli.reduce import DiskFullError
+
+    out = tmp_path / "out"
+    job = ReduceJob([str(dataset)], str(out), HASH6, progress=False,
+                    executor=DaskExecutor(cluster[1], task=disk_full_on_phantom_01, retries=0))
+    with pytest.raises(DiskFullError, match="disk full.*run the same command again") as exc:
+        job.run()
+    summary = exc.value.summary  # the manifest and summary could still be written here
+    assert summary is not None and summary["complete"] is False
+    assert [f["volume"] for f in summary["failures"]] == ["phantom_01"]
+    # the volumes that finished before it (in any order on the cluster) have their records; the rest are pending
+    assert sorted(p.stem for p in (out / "records").glob("*.json")) == sorted(summary["volumes"])
+    assert "phantom_01" not in summary["volumes"]
+    pending = [Path(p).name.split(".")[0] for p in summary["pending"]]
+    assert sorted([*summary["volumes"], *pending, "phantom_01"]) == ["phantom_00", "phantom_01", "phantom_02"]
 
 
 # --- workers dying (last: they restart workers of the shared cluster) -----------------------------------------------
