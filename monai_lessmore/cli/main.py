@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from monai_lessmore.hub.commands import add_hub_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
+from monai_lessmore.io.slice_folder import SLICE_ORDERS
 from monai_lessmore.reduction.methods import METHODS
 
 __all__ = ["main", "build_parser"]
@@ -74,7 +75,7 @@ def _add_reduction_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--algorithm", choices=("leader", "greedy"), default=None, help="leader (authors' code, default with a threshold) or greedy (paper's text, default with --fraction)")
     g.add_argument("--every-n", type=_positive_int, default=None, help="for --method everyn: keep every n-th slice (default 10)")
     g.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="HU window for rendering (default: per-slice min-max, as the authors)")
-    g.add_argument("--order", choices=("index", "filename"), default="index", help="slice order of slice folders: numeric index (default) or the authors' string sort")
+    g.add_argument("--order", choices=SLICE_ORDERS, default="index", help="slice order: index (default: anatomical; slice folders by numeric index, DICOM by position), filename (slice folders: the authors' string sort) or instance (DICOM: InstanceNumber, as the authors' released data)")
     g.add_argument("--device", default="cpu", help="cpu or cuda, for ssim/mi/deepnet")
     g.add_argument("--bins", type=_positive_int, default=100, help="histogram bins for mi (default 100)")
     g.add_argument("--deepnet-weights", default="imagenet", help="deepnet: 'imagenet' (local torch cache only) or a state-dict file")

@@ -7,6 +7,13 @@ Convention:
   (``LICENSE.txt``, ``Citations.txt``...) and DICOM objects without an image (no ``Rows``) are ignored and listed
   in ``meta["ignored_files"]``.
 * Values are Hounsfield units: ``pixel_array * RescaleSlope + RescaleIntercept`` (1 and 0 when absent), per file.
+  A CT series without these tags is read as stored with a warning: some scanners store HU + 1024, and such a series
+  would then be 1024 too high everywhere.
+* Compressed pixel data (JPEG lossless, JPEG 2000, JPEG-LS, RLE...) is decoded by pydicom when one of its decoders
+  handles the transfer syntax (RLE natively, JPEG 2000 and baseline JPEG through Pillow, more with pylibjpeg or
+  python-gdcm installed), and otherwise by the GDCM library inside ITK, a dependency of this package, which
+  applies the rescale itself. So the compressed series of public collections (e.g. TCIA's JPEG-lossless CT) read
+  on a plain install.
 * Each slice keeps the orientation of its ``pixel_array`` (no flips); for a standard axial series
   (ImageOrientationPatient ``1,0,0,0,1,0``) that is rows anterior -> posterior, columns patient right -> left, the
   view the NIfTI and ITK readers reorient to.
@@ -14,6 +21,11 @@ Convention:
   direction cosines of ImageOrientationPatient), ascending. When the normal points inferior (negative z in LPS,
   i.e. an unusual ImageOrientationPatient) the order is reversed so that slices still run inferior -> superior.
   Without position/orientation tags the order is InstanceNumber ascending, and without those the file name.
+  ``order="instance"`` sorts by InstanceNumber instead (ties by file name), the order the paper's authors iterated
+  their released data in; in many series it runs superior -> inferior, so the leader algorithm starts at the other
+  end. Every file then needs an InstanceNumber.
+* A gap in the slice positions (a step over 1.5 times the series' median step: a missing file) is reported in a
+  warning and in ``meta["position_gaps"]``; the volume is still read.
 * One series per folder: several SeriesInstanceUIDs, mixed slice shapes, multi-frame files and pixel data that no
   installed decoder can handle are errors (:class:`VolumeReadError`) that say how to fix them.
 
@@ -21,7 +33,9 @@ Convention:
 ``affine`` (RAS affine of the returned array's indices ``(s, row, column)``, ``None`` without geometry tags),
 ``series_instance_uid``, ``transfer_syntax``, ``image_orientation``, ``slice_positions`` (the sort key per slice,
 mm), ``sort_key`` (``"position"``, ``"instance_number"`` or ``"filename"``), ``duplicate_positions``,
-``ignored_files``, ``nonfinite_voxels`` (always 0).
+``ignored_files``, ``position_gaps`` (``(after slice, step mm, about how many slices missing)`` in position order),
+``rescale_missing`` (files without RescaleSlope/RescaleIntercept), ``warnings`` (the messages also given as
+:class:`UserWarning`), ``nonfinite_voxels`` (always 0).
 
 :func:`read_dicom_slice` reads only the one file it needs; the sorted file list comes from the headers alone
 (``stop_before_pixels=True``) and is cached per folder, keyed by ``(folder, mtime)``.
@@ -31,6 +45,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,20 +58,29 @@ import pydicom
 from monai_lessmore.io.volume import Volume, VolumeReadError
 
 __all__ = [
+    "DICOM_ORDERS",
     "is_dicom_file",
     "list_dicom_candidates",
     "folder_has_dicom",
     "dicom_series_files",
     "load_dicom_series",
     "read_dicom_slice",
+    "read_dicom_file",
 ]
+
+#: ``order`` values of the DICOM reader: ``"position"`` (along the slice normal, inferior -> superior) and
+#: ``"instance"`` (InstanceNumber ascending). :func:`~monai_lessmore.io.load.load_volume` maps its ``"index"`` and
+#: ``"filename"`` to ``"position"``.
+DICOM_ORDERS = ("position", "instance")
 
 _MAGIC_OFFSET = 128
 _MAGIC = b"DICM"
 _DECODE_HINT = (
-    "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg; pylibjpeg-openjpeg for JPEG 2000) or convert the "
-    "series to NIfTI with dcm2niix"
+    "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm) or convert "
+    "the series to NIfTI with dcm2niix"
 )
+#: a step between neighbouring positions this many times the median step counts as a gap (missing slices)
+_GAP_FACTOR = 1.5
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -104,16 +129,21 @@ class _Header:
     pixel_spacing: tuple[float, float] | None
     thickness: float | None
     transfer_syntax: str | None
+    modality: str | None
+    has_rescale: bool
 
 
 @dataclass(frozen=True)
 class _Series:
     files: tuple[str, ...]
     headers: tuple[_Header, ...]
-    positions: tuple[float, ...] | None
+    positions: tuple[float, ...] | None  # the position sort key of each slice, in array order
     normal: tuple[float, float, float] | None
     sort_key: str
     ignored: tuple[str, ...]
+    gaps: tuple[tuple[int, float, int], ...]  # (after slice k in position order, step mm, slices missing)
+    warnings: tuple[str, ...]
+    monotonic: bool  # positions strictly monotonic in array order: an affine describes the stack
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -126,29 +156,36 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n else None
 
 
+def _blank(value: Any) -> bool:
+    return value is None or str(value).strip() == ""
+
+
 def _read_header(path: str) -> _Header:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=not is_dicom_file(path))
         rows, cols = ds.get("Rows"), ds.get("Columns")
         frames = int(ds.get("NumberOfFrames") or 1)
         instance = ds.get("InstanceNumber")
+        uid = ds.get("SeriesInstanceUID")
         header = _Header(
             path=path,
-            series_uid=None if "SeriesInstanceUID" not in ds else str(ds.SeriesInstanceUID),
+            series_uid=None if _blank(uid) else str(uid),  # absent and empty are the same: no UID
             position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
             orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-            instance=None if instance in (None, "") else int(instance),
+            instance=None if _blank(instance) else int(instance),
             shape=None if rows is None or cols is None else (int(rows), int(cols)),
             pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
-            thickness=None if ds.get("SliceThickness") in (None, "") else float(ds.SliceThickness),
+            thickness=None if _blank(ds.get("SliceThickness")) else float(ds.SliceThickness),
             transfer_syntax=None if "TransferSyntaxUID" not in ds.file_meta else str(ds.file_meta.TransferSyntaxUID),
+            modality=None if _blank(ds.get("Modality")) else str(ds.Modality).upper(),
+            has_rescale=not (_blank(ds.get("RescaleSlope")) or _blank(ds.get("RescaleIntercept"))),
         )
         sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
         image_class = sop_class is not None and "Image Storage" in getattr(sop_class, "name", "")
     except Exception as err:  # pydicom's failure modes on corrupt files are many (struct.error, KeyError, ...)
         raise VolumeReadError(
-            f"{path}: corrupt or unreadable DICOM file ({type(err).__name__}: {err}); remove it from the series "
-            "folder or re-export the series"
+            f"{path}: corrupt or unreadable DICOM file ({type(err).__name__}: {_one_line(err)}); remove it from the "
+            "series folder or re-export the series"
         ) from err
     if header.shape is None and image_class:  # pydicom stops quietly at the end of a truncated file
         raise VolumeReadError(
@@ -163,22 +200,96 @@ def _read_header(path: str) -> _Header:
     return header
 
 
-def _sort(headers: list[_Header]) -> tuple[list[_Header], tuple[float, ...] | None, tuple[float, ...] | None, str]:
-    if all(h.position is not None and h.orientation is not None for h in headers):
-        iop = np.asarray(headers[0].orientation, dtype=np.float64)
-        normal = np.cross(iop[:3], iop[3:])
-        # Ascending along the normal; reversed when the normal points inferior so the stack runs inferior->superior.
-        sign = -1.0 if normal[2] < -1e-6 else 1.0
-        keys = [sign * float(np.dot(h.position, normal)) for h in headers]  # type: ignore[arg-type]
-        order = sorted(range(len(headers)), key=lambda i: (keys[i], headers[i].instance or 0, headers[i].path))
-        return [headers[i] for i in order], tuple(keys[i] for i in order), tuple(float(v) for v in normal), "position"
+def _position_keys(headers: list[_Header]) -> tuple[list[float], np.ndarray] | None:
+    """Each header's position along the slice normal (sign chosen so that ascending is inferior -> superior)."""
+    if not all(h.position is not None and h.orientation is not None for h in headers):
+        return None
+    iop = np.asarray(headers[0].orientation, dtype=np.float64)
+    normal = np.cross(iop[:3], iop[3:])
+    # Ascending along the normal; reversed when the normal points inferior so the stack runs inferior->superior.
+    sign = -1.0 if normal[2] < -1e-6 else 1.0
+    return [sign * float(np.dot(h.position, normal)) for h in headers], normal  # type: ignore[arg-type]
+
+
+def _sort(headers: list[_Header], order: str) -> tuple[list[int], str]:
+    """Indices of ``headers`` in array order, and the sort key's name."""
+    keyed = _position_keys(headers)
+    if order == "instance":
+        lacking = [h.path for h in headers if h.instance is None]
+        if lacking:
+            raise VolumeReadError(
+                f"{lacking[0]}: has no InstanceNumber ({len(lacking)} of {len(headers)} files lack one), so the "
+                "series cannot be read in InstanceNumber order; use the default order (by position)"
+            )
+        return sorted(range(len(headers)), key=lambda i: (headers[i].instance, headers[i].path)), "instance_number"
+    if keyed is not None:
+        keys = keyed[0]
+        return sorted(range(len(headers)), key=lambda i: (keys[i], headers[i].instance or 0, headers[i].path)), "position"
     if all(h.instance is not None for h in headers):
-        return sorted(headers, key=lambda h: (h.instance, h.path)), None, None, "instance_number"
-    return sorted(headers, key=lambda h: h.path), None, None, "filename"
+        return sorted(range(len(headers)), key=lambda i: (headers[i].instance, headers[i].path)), "instance_number"
+    return sorted(range(len(headers)), key=lambda i: headers[i].path), "filename"
+
+
+def _gaps(sorted_keys: list[float]) -> tuple[list[tuple[int, float, int]], float]:
+    """Steps between ascending positions over ``_GAP_FACTOR`` times the median step, and the median step.
+
+    Each gap is ``(k, step mm, slices missing)``: the step from slice ``k`` to ``k + 1`` in position order.
+    """
+    steps = np.diff(np.asarray(sorted_keys, dtype=np.float64))
+    moving = steps[steps > 1e-3]  # repeated positions are counted elsewhere (duplicate_positions)
+    if len(moving) < 2:
+        return [], float("nan")
+    median = float(np.median(moving))
+    gaps = [
+        (int(k), float(step), max(1, int(round(step / median)) - 1))
+        for k, step in enumerate(steps)
+        if step > _GAP_FACTOR * median
+    ]
+    return gaps, median
+
+
+def _series_warnings(
+    folder: str,
+    headers: list[_Header],
+    sorted_paths: list[str],
+    gaps: list[tuple[int, float, int]],
+    median: float,
+    order: str,
+) -> list[str]:
+    out = []
+    if gaps:
+        k, step, missing = gaps[0]
+        more = f" ({len(gaps)} gaps, {sum(g[2] for g in gaps)} slices in all)" if len(gaps) > 1 else ""
+        out.append(
+            f"{folder}: about {missing} slice(s) missing: the slice positions jump {step:.4g} mm between "
+            f"{os.path.basename(sorted_paths[k])} and {os.path.basename(sorted_paths[k + 1])} where the series "
+            f"steps {median:.4g} mm{more}; the volume is read without them (check that the export is complete)"
+        )
+    lacking = [h for h in headers if not h.has_rescale and h.modality in (None, "CT")]
+    if lacking:
+        out.append(
+            f"{folder}: {len(lacking)} of {len(headers)} files (first: {os.path.basename(lacking[0].path)}) have no "
+            "RescaleSlope/RescaleIntercept: their stored values are taken as HU unchanged (slope 1, intercept 0). "
+            "If this scanner stores HU + 1024 (air near 0 instead of -1000) every value is 1024 too high: add the "
+            "tags (e.g. RescaleIntercept -1024) or convert the series with dcm2niix"
+        )
+    instances = Counter(h.instance for h in headers if h.instance is not None)
+    repeated = sorted(n for n, c in instances.items() if c > 1)
+    if repeated and order == "instance":
+        out.append(
+            f"{folder}: InstanceNumber {repeated[0]} appears in {instances[repeated[0]]} files"
+            f"{f' ({len(repeated)} numbers repeated)' if len(repeated) > 1 else ''}; files with equal numbers are "
+            "ordered by file name in InstanceNumber order"
+        )
+    return out
+
+
+def _uid_label(uid: str | None) -> str:
+    return uid if uid is not None else "<no SeriesInstanceUID>"
 
 
 @functools.lru_cache(maxsize=128)
-def _series_cached(folder: str, mtime_ns: int) -> _Series:
+def _headers_cached(folder: str, mtime_ns: int) -> tuple[tuple[_Header, ...], tuple[str, ...]]:
     del mtime_ns  # part of the cache key only: a changed folder is read again
     candidates, ignored = list_dicom_candidates(folder)
     headers = []
@@ -195,7 +306,7 @@ def _series_cached(folder: str, mtime_ns: int) -> _Series:
         )
     series = Counter(h.series_uid for h in headers)
     if len(series) > 1:
-        listing = ", ".join(f"{uid if uid is not None else '<no SeriesInstanceUID>'} ({n} files)" for uid, n in sorted(
+        listing = ", ".join(f"{_uid_label(uid)} ({n} files)" for uid, n in sorted(
             series.items(), key=lambda kv: (-kv[1], str(kv[0]))))
         raise VolumeReadError(
             f"{folder}: holds {len(series)} DICOM series: {listing}; pass one series folder at a time (move each "
@@ -210,63 +321,83 @@ def _series_cached(folder: str, mtime_ns: int) -> _Series:
             f"{folder}: mixed slice shapes in one series: {odd.path} is {rows}x{cols} but "
             f"{shapes[common]} files are {common[0]}x{common[1]}; remove the odd file or re-export the series"
         )
-    ordered, positions, normal, key = _sort(headers)
+    return tuple(headers), tuple(sorted(ignored))
+
+
+@functools.lru_cache(maxsize=128)
+def _series_cached(folder: str, mtime_ns: int, order: str) -> _Series:
+    headers, ignored = _headers_cached(folder, mtime_ns)
+    headers = list(headers)
+    order_idx, key = _sort(headers, order)
+    keyed = _position_keys(headers)
+    positions = normal = None
+    gaps: list[tuple[int, float, int]] = []
+    median = float("nan")
+    by_position = order_idx
+    monotonic = False
+    if keyed is not None:
+        keys, normal_arr = keyed
+        normal = tuple(float(v) for v in normal_arr)
+        positions = tuple(keys[i] for i in order_idx)
+        by_position = sorted(range(len(headers)), key=lambda i: (keys[i], headers[i].instance or 0, headers[i].path))
+        gaps, median = _gaps([keys[i] for i in by_position])
+        steps = np.diff(np.asarray(positions))
+        monotonic = len(positions) == 1 or bool(np.all(steps > 0) or np.all(steps < 0))
     return _Series(
-        files=tuple(h.path for h in ordered),
-        headers=tuple(ordered),
+        files=tuple(headers[i].path for i in order_idx),
+        headers=tuple(headers[i] for i in order_idx),
         positions=positions,
         normal=normal,  # type: ignore[arg-type]
         sort_key=key,
-        ignored=tuple(sorted(ignored)),
+        ignored=ignored,
+        gaps=tuple(gaps),
+        warnings=tuple(_series_warnings(folder, headers, [headers[i].path for i in by_position], gaps, median, order)),
+        monotonic=monotonic,
     )
 
 
-def _series(folder: str | os.PathLike) -> _Series:
+def _validate_dicom_order(order: str) -> str:
+    if order not in DICOM_ORDERS:
+        raise ValueError(f"order of a DICOM series must be one of {DICOM_ORDERS}, got {order!r}")
+    return order
+
+
+def _series(folder: str | os.PathLike, order: str = "position") -> _Series:
     folder = os.fspath(folder)
+    _validate_dicom_order(order)
     try:
         mtime = os.stat(folder).st_mtime_ns
     except OSError as err:
         raise VolumeReadError(f"{folder}: cannot read the DICOM series folder ({err})") from err
-    return _series_cached(folder, mtime)
+    return _series_cached(folder, mtime, order)
 
 
-def dicom_series_files(folder: str | os.PathLike) -> list[str]:
-    """The series' DICOM files in slice order (headers only; cached per folder and modification time)."""
-    return list(_series(folder).files)
+def dicom_series_files(folder: str | os.PathLike, order: str = "position") -> list[str]:
+    """The series' DICOM files in slice order (headers only; cached per folder and modification time).
+
+    Args:
+        folder: the series folder.
+        order: ``"position"`` (default) or ``"instance"``, see :data:`DICOM_ORDERS`.
+    """
+    return list(_series(folder, order).files)
 
 
-def _read_hu(path: str, shape: tuple[int, int]) -> np.ndarray:
-    """One file's pixels in HU as ``float32`` ``(H, W)``."""
+def _one_line(err: BaseException) -> str:
+    """An exception's text on one line (decoder messages list their plugins on several lines)."""
+    return re.sub(r"\s+", " ", str(err)).strip()
+
+
+def _syntax_text(uid: pydicom.uid.UID | None) -> str:
+    if uid is None:
+        return "<no transfer syntax>"
+    return f"{uid.name} ({uid})" if uid.name != str(uid) else f"{uid} (not a transfer syntax pydicom knows)"
+
+
+def _compressed(uid: pydicom.uid.UID | None) -> bool:
     try:
-        ds = pydicom.dcmread(path, force=not is_dicom_file(path))
-    except Exception as err:
-        raise VolumeReadError(f"{path}: corrupt or unreadable DICOM file ({type(err).__name__}: {err})") from err
-    if "PixelData" not in ds:
-        raise VolumeReadError(f"{path}: has no pixel data; remove it from the series folder")
-    try:
-        pixels = ds.pixel_array
-    except Exception as err:
-        uid = ds.file_meta.get("TransferSyntaxUID")
-        syntax = f"{uid.name} ({uid})" if uid is not None else "<no transfer syntax>"
-        if uid is not None and uid.is_compressed and not _decoder_available(uid):
-            raise VolumeReadError(
-                f"{path}: pydicom cannot decode its pixel data, transfer syntax {syntax}: no decoder for it is "
-                f"installed; {_DECODE_HINT}"
-            ) from err
-        raise VolumeReadError(
-            f"{path}: the pixel data could not be decoded (transfer syntax {syntax}; {type(err).__name__}: {err}); "
-            f"the file may be truncated or corrupt; if it is compressed, {_DECODE_HINT}"
-        ) from err
-    if pixels.shape != shape:
-        raise VolumeReadError(
-            f"{path}: pixel data of shape {pixels.shape} where a {shape[0]}x{shape[1]} grayscale slice was expected "
-            "(colour or multi-frame images are not CT slices); remove it from the series folder"
-        )
-    slope = ds.get("RescaleSlope")
-    intercept = ds.get("RescaleIntercept")
-    slope = 1.0 if slope in (None, "") else float(slope)
-    intercept = 0.0 if intercept in (None, "") else float(intercept)
-    return (pixels.astype(np.float64) * slope + intercept).astype(np.float32)
+        return uid is not None and bool(uid.is_compressed)
+    except ValueError:  # not a known transfer syntax
+        return False
 
 
 def _decoder_available(uid: pydicom.uid.UID) -> bool:
@@ -278,9 +409,79 @@ def _decoder_available(uid: pydicom.uid.UID) -> bool:
         return False
 
 
+def _read_hu_itk(path: str) -> np.ndarray:
+    """Decode one file with the GDCM library inside ITK: ``(H, W)`` float64, RescaleSlope/Intercept applied."""
+    import itk
+
+    array = np.asarray(itk.array_from_image(itk.imread(path, itk.D, imageio=itk.GDCMImageIO.New())), np.float64)
+    return array[0] if array.ndim == 3 and len(array) == 1 else array
+
+
+def _read_hu(path: str, shape: tuple[int, int] | None) -> np.ndarray:
+    """One file's pixels in HU as ``float32`` ``(H, W)``; ``shape`` is the series' slice shape to check against."""
+    try:
+        ds = pydicom.dcmread(path, force=not is_dicom_file(path))
+    except Exception as err:
+        raise VolumeReadError(f"{path}: corrupt or unreadable DICOM file ({type(err).__name__}: {_one_line(err)})") from err
+    if "PixelData" not in ds:
+        raise VolumeReadError(f"{path}: has no pixel data; remove it from the series folder")
+    if shape is None:
+        shape = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
+    uid = ds.file_meta.get("TransferSyntaxUID")
+    slope = ds.get("RescaleSlope")
+    intercept = ds.get("RescaleIntercept")
+    slope = 1.0 if _blank(slope) else float(slope)
+    intercept = 0.0 if _blank(intercept) else float(intercept)
+    hu: np.ndarray | None = None
+    pydicom_error: Exception | None = None
+    if not _compressed(uid) or _decoder_available(uid):
+        try:
+            hu = ds.pixel_array.astype(np.float64) * slope + intercept
+        except Exception as err:
+            pydicom_error = err
+    if hu is None and _compressed(uid):  # no pydicom decoder, or its decoder failed: GDCM through ITK
+        try:
+            hu = _read_hu_itk(path)
+        except Exception as err:
+            first = (
+                f"pydicom: {type(pydicom_error).__name__}: {_one_line(pydicom_error)}; " if pydicom_error else
+                "pydicom has no decoder for it installed; "
+            )
+            raise VolumeReadError(
+                f"{path}: the pixel data could not be decoded, transfer syntax {_syntax_text(uid)} ({first}ITK/GDCM: "
+                f"{type(err).__name__}: {_one_line(err)}); the file may be truncated or corrupt, or no installed "
+                f"decoder handles this syntax: {_DECODE_HINT}"
+            ) from err
+    if hu is None:
+        raise VolumeReadError(
+            f"{path}: the pixel data could not be decoded, transfer syntax {_syntax_text(uid)} "
+            f"({type(pydicom_error).__name__}: {_one_line(pydicom_error)}); the file may be truncated or corrupt, "
+            f"or the transfer syntax is not one any installed decoder handles: {_DECODE_HINT}"
+        ) from pydicom_error
+    if hu.shape != shape:
+        raise VolumeReadError(
+            f"{path}: pixel data of shape {hu.shape} where a {shape[0]}x{shape[1]} grayscale slice was expected "
+            "(colour or multi-frame images are not CT slices); remove it from the series folder"
+        )
+    return hu.astype(np.float32)
+
+
+def read_dicom_file(path: str | os.PathLike) -> np.ndarray:
+    """Read one single-frame DICOM image file as ``(H, W)`` ``float32`` HU (the series reader's per-file path).
+
+    Raises:
+        VolumeReadError: not a single-frame grayscale image, corrupt file, undecodable pixel data.
+    """
+    path = os.fspath(path)
+    header = _read_header(path)
+    if header.shape is None:
+        raise VolumeReadError(f"{path}: is a DICOM file without an image (no Rows/Columns)")
+    return _read_hu(path, header.shape)
+
+
 def _affine(series: _Series) -> np.ndarray | None:
     first = series.headers[0]
-    if series.positions is None or first.orientation is None or first.pixel_spacing is None:
+    if series.positions is None or first.orientation is None or first.pixel_spacing is None or not series.monotonic:
         return None
     iop = np.asarray(first.orientation, dtype=np.float64)
     row_spacing, col_spacing = first.pixel_spacing
@@ -297,7 +498,7 @@ def _affine(series: _Series) -> np.ndarray | None:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def _meta(series: _Series) -> dict[str, Any]:
+def _meta(series: _Series, extra_warnings: list[str]) -> dict[str, Any]:
     first = series.headers[0]
     affine = _affine(series)
     if affine is not None:
@@ -316,47 +517,65 @@ def _meta(series: _Series) -> dict[str, Any]:
         "slice_positions": None if positions is None else list(positions),
         "sort_key": series.sort_key,
         "duplicate_positions": 0 if positions is None else len(positions) - len(set(positions)),
+        "position_gaps": [list(g) for g in series.gaps],
+        "rescale_missing": sum(not h.has_rescale for h in series.headers),
         "ignored_files": list(series.ignored),
+        "warnings": [*series.warnings, *extra_warnings],
         "nonfinite_voxels": 0,
     }
 
 
-def load_dicom_series(folder: str | os.PathLike) -> Volume:
+def load_dicom_series(folder: str | os.PathLike, *, order: str = "position") -> Volume:
     """Read a folder holding one DICOM series as an ``(S, H, W)`` ``float32`` HU stack.
 
     Args:
         folder: the series folder (files with or without ``.dcm``; non-DICOM files are ignored).
+        order: ``"position"`` (default: along the slice normal, inferior -> superior) or ``"instance"``
+            (InstanceNumber ascending, the order of the paper's released data).
 
     Returns:
-        :class:`Volume` with ``kind="dicom"`` and one file per slice in ``slice_sources``.
+        :class:`Volume` with ``kind="dicom"`` and one file per slice in ``slice_sources``. Gaps in the slice
+        positions, missing rescale tags and repeated instance numbers are given as :class:`UserWarning` and in
+        ``meta["warnings"]``.
 
     Raises:
-        VolumeReadError: no DICOM images, several series, mixed shapes, corrupt files, undecodable pixel data.
+        VolumeReadError: no DICOM images, several series, mixed shapes, corrupt files, undecodable pixel data,
+            ``order="instance"`` without InstanceNumber.
+        ValueError: unknown ``order``.
     """
     folder = os.fspath(folder)
-    series = _series(folder)
+    series = _series(folder, order)
     shape = series.headers[0].shape
     array = np.empty((len(series.files), *shape), dtype=np.float32)  # type: ignore[misc]
     for i, path in enumerate(series.files):
         array[i] = _read_hu(path, shape)  # type: ignore[arg-type]
+    extra = []
+    if order == "instance" and series.positions is not None and not series.monotonic:
+        extra.append(
+            f"{folder}: the slice positions do not run monotonically in InstanceNumber order, so the stack has no "
+            "affine (meta['affine'] is None)"
+        )
+    meta = _meta(series, extra)
+    for message in meta["warnings"]:
+        warnings.warn(message, UserWarning, stacklevel=2)
     return Volume(
         name=Path(folder).name,
         source=folder,
         array=array,
         kind="dicom",
         slice_sources=list(series.files),
-        meta=_meta(series),
+        meta=meta,
     )
 
 
-def read_dicom_slice(folder: str | os.PathLike, index: int) -> np.ndarray:
+def read_dicom_slice(folder: str | os.PathLike, index: int, *, order: str = "position") -> np.ndarray:
     """Read slice ``index`` (negative counts from the end) of :func:`load_dicom_series`'s stack from its one file.
 
     Raises:
         IndexError: when ``index`` is outside the series.
         VolumeReadError: as :func:`load_dicom_series`.
     """
-    series = _series(folder)
+    series = _series(folder, order)
     num = len(series.files)
     if not -num <= index < num:
         raise IndexError(f"slice index {index} is out of range for {os.fspath(folder)}, which has {num} slices")

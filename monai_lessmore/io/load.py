@@ -89,16 +89,18 @@ def load_volume(path: str | os.PathLike, *, order: str = "index") -> Volume:
     Args:
         path: a NIfTI/NRRD/MetaImage file, a DICOM series folder, a slice-folder volume
             ``"<folder>/<volume id>"`` or a slice folder holding one volume.
-        order: slice folders only: ``"index"`` (numeric, anatomical; default) or ``"filename"`` (the authors'
-            plain string sort of file names, ``_10`` before ``_9``). The other formats have one anatomical order
-            and ignore it.
+        order: ``"index"`` (default): the anatomical order of every format (slice folders by the numeric index,
+            DICOM by position along the slice normal). For exact reproduction of the paper's released data:
+            ``"filename"``, slice folders in the authors' plain string sort of file names (``_10`` before ``_9``),
+            and ``"instance"``, DICOM series by InstanceNumber. An order that does not apply to a format leaves it
+            in its anatomical order (NIfTI/NRRD/MetaImage have only that one).
 
     Returns:
         :class:`~monai_lessmore.io.volume.Volume`.
 
     Raises:
         VolumeReadError: the path cannot be read as a volume; the message names the file, the problem and the fix.
-        ValueError: ``order`` is not ``"index"`` or ``"filename"``.
+        ValueError: ``order`` is not ``"index"``, ``"filename"`` or ``"instance"``.
     """
     validate_order(order)
     kind, address = detect_volume_kind(path)
@@ -107,7 +109,7 @@ def load_volume(path: str | os.PathLike, *, order: str = "index") -> Volume:
     if kind == "itk":
         return load_itk(path)
     if kind == "dicom":
-        return load_dicom_series(path)
+        return load_dicom_series(path, order=_dicom_order(order))
     folder, volume_id = address  # type: ignore[misc]
     return load_slice_volume(folder, volume_id, order=order)
 
@@ -139,7 +141,7 @@ def read_slice(path: str | os.PathLike, index: int, *, order: str = "index") -> 
     if kind == "nifti":
         return read_nifti_slice(path, index)
     if kind == "dicom":
-        return read_dicom_slice(path, index)
+        return read_dicom_slice(path, index, order=_dicom_order(order))
     if kind == "itk":
         array = load_itk(path).array
         if not -len(array) <= index < len(array):
@@ -165,6 +167,10 @@ def read_stored_slice(path: str | os.PathLike, index: int) -> np.ndarray:
     if stack.ndim != 3 or not -len(stack) <= index < len(stack):
         raise IndexError(f"slice index {index} is out of range for {os.fspath(path)}, which holds {len(stack)} slices")
     return np.array(stack[index], dtype=np.float32)
+
+
+def _dicom_order(order: str) -> str:
+    return "instance" if order == "instance" else "position"
 
 
 def _as_index(index: int) -> int:

@@ -53,7 +53,10 @@ __all__ = [
 ]
 
 SLICE_SUFFIXES = (".png", ".jpg", ".jpeg")
-SLICE_ORDERS = ("index", "filename")
+#: the ``order`` argument of the readers: ``"index"`` (anatomical: numeric slice index, DICOM position), ``"filename"``
+#: (slice folders: the authors' string sort of file names) and ``"instance"`` (DICOM: InstanceNumber, the order of
+#: the authors' released data; in slice folders the same as ``"index"``, the number in the name)
+SLICE_ORDERS = ("index", "filename", "instance")
 SLICE_NAME_PATTERN = re.compile(r"^(?P<volume>.+)_(?P<index>\d+)\.(?:png|jpe?g)$", re.IGNORECASE)
 _PATTERN_TEXT = "<volume>_<index>.png|.jpg|.jpeg (e.g. case01_17.png)"
 _MAX_LISTED = 5
@@ -69,11 +72,11 @@ class SliceFile:
 
 
 def validate_order(order: str) -> str:
-    """Check the ``order`` argument (``"index"`` or ``"filename"``)."""
+    """Check the ``order`` argument of the readers (one of :data:`SLICE_ORDERS`)."""
     if order not in SLICE_ORDERS:
         raise ValueError(
-            f"order must be 'index' (numeric slice index, anatomical) or 'filename' (the authors' string sort of "
-            f"file names), got {order!r}"
+            f"order must be 'index' (anatomical: numeric slice index, DICOM slice position), 'filename' (slice "
+            f"folders: the authors' string sort of file names) or 'instance' (DICOM: InstanceNumber), got {order!r}"
         )
     return order
 
@@ -201,7 +204,7 @@ def slice_volume_files(folder: str, volume_id: str, order: str = "index") -> tup
             )
     present = {f.index for f in files}
     missing = [i for i in range(by_index[0].index, by_index[-1].index + 1) if i not in present]
-    ordered = by_index if order == "index" else sorted(files, key=lambda f: f.name)
+    ordered = sorted(files, key=lambda f: f.name) if order == "filename" else by_index
     return ordered, missing
 
 

@@ -12,7 +12,15 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["lps_to_ras", "write_dicom", "write_series", "write_nifti", "write_slices", "random_volume"]
+__all__ = [
+    "lps_to_ras",
+    "write_dicom",
+    "write_series",
+    "write_compressed_copy",
+    "write_nifti",
+    "write_slices",
+    "random_volume",
+]
 
 
 def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
@@ -28,13 +36,16 @@ def write_dicom(
     orientation: Sequence[float] | None = (1, 0, 0, 0, 1, 0),
     instance: int | None = 1,
     series_uid: str | None = "1.2.826.0.1.3680043.8.498.1",
-    slope: float | None = None,
-    intercept: float | None = None,
+    slope: float | None = 1.0,
+    intercept: float | None = 0.0,
     pixel_spacing: Sequence[float] = (0.5, 0.7),
     transfer_syntax: str = ExplicitVRLittleEndian,
     pixel_bytes: bytes | None = None,
 ) -> Path:
-    """Write one single-frame CT DICOM file with the given 16-bit pixels and geometry tags."""
+    """Write one single-frame CT DICOM file with the given 16-bit pixels and geometry tags.
+
+    ``None`` leaves a tag out (RescaleSlope/RescaleIntercept are written as 1 and 0 unless given, as CT requires).
+    """
     pixels = np.asarray(pixels)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -81,6 +92,38 @@ def write_series(
             write_dicom(folder / name, image, position=(-5.0, -7.0, 10.0 + k * spacing_z), instance=k + 1, **kwargs)
         )
     return paths
+
+
+def write_compressed_copy(source: Path, dest: Path, compression: str) -> Path:
+    """Copy one DICOM file with its stored pixels re-encoded losslessly: ``"jpeg"`` (JPEG lossless, process 14
+    selection value 1) or ``"jpeg2000"`` (JPEG 2000 lossless).
+
+    pydicom has no encoder for either without optional plugins, so the GDCM library inside ITK (a dependency of the
+    package) encodes the stored values; every other tag of ``source`` is kept. Raises when GDCM picked another
+    transfer syntax than the one asked for.
+    """
+    import itk
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
+
+    syntax = {"jpeg": JPEGLosslessSV1, "jpeg2000": JPEG2000Lossless}[compression]
+    kind = {"jpeg": "Compression_JPEG", "jpeg2000": "Compression_JPEG2000"}[compression]
+    ds = pydicom.dcmread(str(source))
+    stored = ds.pixel_array
+    scratch = Path(dest).with_name(f".{Path(dest).name}.gdcm.dcm")
+    image_io = itk.GDCMImageIO.New()
+    image_io.SetCompressionType(getattr(itk.GDCMImageIOEnums, kind))
+    itk.imwrite(itk.image_from_array(np.ascontiguousarray(stored)), str(scratch), compression=True, imageio=image_io)
+    encoded = pydicom.dcmread(str(scratch))
+    scratch.unlink()
+    if encoded.file_meta.TransferSyntaxUID != syntax:
+        raise RuntimeError(f"GDCM wrote {encoded.file_meta.TransferSyntaxUID.name}, not {syntax.name}")
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.BitsStored, ds.HighBit = encoded.BitsStored, encoded.HighBit  # the precision of the encoded stream
+    ds.PixelData = encoded.PixelData  # encapsulated fragments
+    ds["PixelData"].VR = "OB"
+    ds.save_as(str(dest), enforce_file_format=True)
+    return Path(dest)
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None, **header) -> Path:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGLSLossless
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
 
-from monai_lessmore.io import VolumeReadError, load_volume, read_slice
+from monai_lessmore.io import VolumeReadError, dicom, load_volume, read_slice
 from monai_lessmore.io.dicom import dicom_series_files, is_dicom_file, load_dicom_series, read_dicom_slice
 from tests.conftest import shared_data_path
-from tests.io.conftest import lps_to_ras, random_volume, write_dicom, write_nifti, write_series
+from tests.io.conftest import (
+    lps_to_ras,
+    random_volume,
+    write_compressed_copy,
+    write_dicom,
+    write_nifti,
+    write_series,
+)
 
 
 def test_hu_from_rescale_tags(tmp_path, rng):
@@ -24,10 +34,17 @@ def test_hu_from_rescale_tags(tmp_path, rng):
     assert vol.meta["spacing"] == pytest.approx((2.0, 0.5, 0.7))
 
 
-def test_rescale_defaults_when_absent(tmp_path, rng):
-    stack = random_volume(rng, (2, 4, 5))
-    write_series(tmp_path / "s", stack)  # no RescaleSlope / RescaleIntercept
-    np.testing.assert_array_equal(load_volume(tmp_path / "s").array, stack)
+def test_rescale_defaults_when_absent_with_a_warning(tmp_path, rng):
+    stack = random_volume(rng, (2, 4, 5), 0, 3000)
+    write_series(tmp_path / "s", stack, slope=None, intercept=None)
+    with pytest.warns(UserWarning, match=r"2 of 2 files .*no RescaleSlope/RescaleIntercept.*1024 too high"):
+        vol = load_volume(tmp_path / "s")
+    np.testing.assert_array_equal(vol.array, stack)
+    assert vol.meta["rescale_missing"] == 2 and "1024" in vol.meta["warnings"][0]
+    write_series(tmp_path / "t", stack)  # with the tags: quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_volume(tmp_path / "t").meta["warnings"] == []
 
 
 def test_sorted_by_position_not_name_or_instance(tmp_path, rng):
@@ -96,15 +113,93 @@ def test_mixed_shapes_is_an_error_naming_the_file(tmp_path, rng):
         load_volume(tmp_path)
 
 
+def test_mixed_series_message_names_a_series_without_uid(tmp_path, rng):
+    write_series(tmp_path, random_volume(rng, (3, 4, 4)), series_uid="1.2.3.4")
+    write_series(tmp_path, random_volume(rng, (2, 4, 4)), series_uid="", names=lambda k: f"b{k}.dcm")  # empty tag
+    with pytest.raises(VolumeReadError, match=r"2 DICOM series: 1\.2\.3\.4 \(3 files\), <no SeriesInstanceUID> \(2"):
+        load_volume(tmp_path)
+
+
+def test_gap_in_slice_positions_is_reported(tmp_path, rng):
+    stack = random_volume(rng, (7, 4, 4))
+    write_series(tmp_path, stack)  # z = 10, 12, ..., 22
+    (tmp_path / "slice003.dcm").unlink()
+    (tmp_path / "slice004.dcm").unlink()
+    with pytest.warns(UserWarning, match=r"about 2 slice\(s\) missing: .*jump 6 mm between slice002\.dcm and "
+                      r"slice005\.dcm where the series steps 2 mm"):
+        vol = load_volume(tmp_path)
+    np.testing.assert_array_equal(vol.array, stack[[0, 1, 2, 5, 6]])
+    assert vol.meta["position_gaps"] == [[2, 6.0, 2]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_slice(tmp_path, 3)  # per-slice reads stay quiet
+        write_series(tmp_path / "even", stack, spacing_z=1.25)
+        assert load_volume(tmp_path / "even").meta["position_gaps"] == []
+
+
+def test_order_instance_follows_instance_numbers(tmp_path, rng):
+    stack = random_volume(rng, (5, 4, 4))
+    for s in range(5):  # instance numbers run superior -> inferior, as in many scanners' series
+        write_dicom(tmp_path / f"im{s}.dcm", stack[s], position=(0, 0, 3.0 * s), instance=5 - s)
+    by_position = load_volume(tmp_path)
+    by_instance = load_volume(tmp_path, order="instance")
+    np.testing.assert_array_equal(by_position.array, stack)
+    np.testing.assert_array_equal(by_instance.array, stack[::-1])
+    assert by_instance.meta["sort_key"] == "instance_number"
+    assert by_instance.meta["slice_positions"] == [12.0, 9.0, 6.0, 3.0, 0.0]
+    assert [os.path.basename(p) for p in by_instance.slice_sources] == [f"im{s}.dcm" for s in (4, 3, 2, 1, 0)]
+    np.testing.assert_allclose(by_instance.meta["affine"][:3, 0], [0, 0, -3.0])  # index 0 is the top slice
+    np.testing.assert_allclose(by_instance.meta["affine"][:3, 3], by_position.meta["affine"][:3, 3] + [0, 0, 12])
+    for index in (0, 3, -1):
+        np.testing.assert_array_equal(read_slice(tmp_path, index, order="instance"), by_instance.array[index])
+    assert dicom_series_files(tmp_path, order="instance") == by_instance.slice_sources
+    np.testing.assert_array_equal(load_volume(tmp_path, order="filename").array, stack)  # DICOM: by position
+
+
+def test_order_instance_needs_instance_numbers_and_warns_on_scrambled_positions(tmp_path, rng):
+    stack = random_volume(rng, (3, 4, 4))
+    for s, instance in enumerate((2, 1, 3)):
+        write_dicom(tmp_path / f"im{s}.dcm", stack[s], position=(0, 0, 3.0 * s), instance=instance)
+    with pytest.warns(UserWarning, match="do not run monotonically in InstanceNumber order"):
+        vol = load_volume(tmp_path, order="instance")
+    np.testing.assert_array_equal(vol.array, stack[[1, 0, 2]])
+    assert vol.meta["affine"] is None
+    write_dicom(tmp_path / "im3.dcm", stack[0], position=(0, 0, 9.0), instance=None)
+    with pytest.raises(VolumeReadError, match=r"im3\.dcm: has no InstanceNumber.*use the default order"):
+        load_volume(tmp_path, order="instance")
+    with pytest.raises(ValueError, match="order of a DICOM series must be one of"):
+        load_dicom_series(tmp_path, order="index")
+
+
+def test_unknown_transfer_syntax_names_file_and_syntax(tmp_path, rng):
+    """No decoder, installed or not, knows a private transfer syntax: the error case without disabling anything."""
+    write_series(tmp_path, random_volume(rng, (2, 4, 4)))
+    write_dicom(
+        tmp_path / "odd.dcm", np.zeros((4, 4), np.int16), position=(0, 0, 50),
+        transfer_syntax="1.2.826.0.1.3680043.9.9999.1", pixel_bytes=encapsulate([b"\x00" * 32]),
+    )
+    expected = (
+        r"odd\.dcm: the pixel data could not be decoded, transfer syntax 1\.2\.826\.0\.1\.3680043\.9\.9999\.1 "
+        r"\(not a transfer syntax pydicom knows\).*pip install pylibjpeg.*dcm2niix"
+    )
+    with pytest.raises(VolumeReadError, match=expected):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom guesses the VR encoding of the unknown syntax aloud
+            load_volume(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
 def test_undecodable_pixel_data_names_file_and_syntax(tmp_path, rng):
+    """Corrupt JPEG-LS data: pydicom's plugins (if any are installed) and GDCM both fail; one line names both."""
     write_series(tmp_path, random_volume(rng, (2, 4, 4)))
     write_dicom(
         tmp_path / "jls.dcm", np.zeros((4, 4), np.int16), position=(0, 0, 50), transfer_syntax=JPEGLSLossless,
         pixel_bytes=encapsulate([b"\xff\xd8not really jpeg-ls\xff\xd9"]),
     )
-    expected = r"jls\.dcm.*JPEG-LS Lossless.*pip install pylibjpeg pylibjpeg-libjpeg.*dcm2niix"
-    with pytest.raises(VolumeReadError, match=expected):
+    expected = r"jls\.dcm: the pixel data could not be decoded, transfer syntax JPEG-LS Lossless.*ITK/GDCM.*corrupt"
+    with pytest.raises(VolumeReadError, match=expected) as info:
         load_volume(tmp_path)
+    assert "\n" not in str(info.value)  # decoder messages spread over lines are joined into one
     with pytest.raises(VolumeReadError, match="JPEG-LS"):
         read_slice(tmp_path, -1)
 
@@ -151,6 +246,17 @@ def test_real_pancreas_series(pancreas):
     assert os.path.basename(pancreas.slice_sources[0]) == "1-134.dcm"
     for index in (0, 67, 133):
         np.testing.assert_array_equal(read_slice(pancreas.source, index), pancreas.array[index])
+
+
+@pytest.mark.realdata
+def test_real_pancreas_in_instance_order_runs_the_other_way(pancreas):
+    """InstanceNumber runs superior -> inferior in this series: the authors' order is the reverse of ours."""
+    vol = load_volume(pancreas.source, order="instance")
+    assert os.path.basename(vol.slice_sources[0]) == "1-001.dcm"
+    np.testing.assert_array_equal(vol.array, pancreas.array[::-1])
+    np.testing.assert_allclose(vol.meta["slice_positions"], pancreas.meta["slice_positions"][::-1])
+    assert vol.meta["affine"][2, 0] < 0 < pancreas.meta["affine"][2, 0]
+    assert vol.meta["warnings"] == [] and pancreas.meta["position_gaps"] == []
 
 
 @pytest.mark.realdata
@@ -209,3 +315,80 @@ def test_truncated_pixel_data_is_an_error(tmp_path, rng):
     (tmp_path / "slice001.dcm").write_bytes(good[:-40])
     with pytest.raises(VolumeReadError, match=r"slice001\.dcm.*(truncated|corrupt)"):
         load_volume(tmp_path)
+
+
+_PANCREAS_FILES = ("1-040.dcm", "1-041.dcm", "1-042.dcm")
+
+
+@pytest.fixture(scope="module")
+def compressed_series(tmp_path_factory):
+    """Three real pancreas slices: as shipped (uncompressed) and re-encoded as JPEG lossless and JPEG 2000."""
+    source = shared_data_path("ct", "dicom", "pancreas_ct")
+    root = tmp_path_factory.mktemp("compressed")
+    folders = {}
+    for kind in ("plain", "jpeg", "jpeg2000"):
+        folders[kind] = root / kind
+        folders[kind].mkdir()
+        for name in _PANCREAS_FILES:
+            if kind == "plain":
+                shutil.copy(source / name, folders[kind] / name)
+            else:
+                write_compressed_copy(source / name, folders[kind] / name, kind)
+    return folders
+
+
+@pytest.mark.realdata
+@pytest.mark.slow  # the first use of ITK's GDCM module in a process loads it: seconds
+@pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+@pytest.mark.parametrize("kind,syntax", [("jpeg", JPEGLosslessSV1), ("jpeg2000", JPEG2000Lossless)])
+@pytest.mark.parametrize("decoder", ["default", "gdcm"])
+def test_compressed_series_read_bit_identical(compressed_series, monkeypatch, kind, syntax, decoder):
+    """Lossless JPEG and JPEG 2000 read out of the box, equal to the uncompressed series in every voxel.
+
+    ``default`` takes whichever decoder this installation has (pydicom's plugins when present, else GDCM in ITK);
+    ``gdcm`` hides pydicom's plugins, as on a plain install, so the GDCM path is tested wherever the test runs.
+    """
+    if decoder == "gdcm":
+        monkeypatch.setattr(dicom, "_decoder_available", lambda uid: False)
+    expected = load_volume(compressed_series["plain"])
+    vol = load_volume(compressed_series[kind])
+    assert vol.meta["transfer_syntax"] == syntax
+    assert pydicom.dcmread(vol.slice_sources[0]).file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(vol.array, expected.array)
+    assert vol.array.min() <= -1000 and vol.array.max() > 500  # HU: the rescale is applied on both paths
+    np.testing.assert_array_equal(read_slice(compressed_series[kind], 1), expected.array[1])
+
+
+def test_cli_order_instance_reduces_in_instance_order(tmp_path, rng, capsys):
+    """``lessmore reduce --order instance``: the manifest lists the series' slices by InstanceNumber."""
+    import csv
+    import json
+
+    from monai_lessmore.cli.main import main
+
+    stack = random_volume(rng, (4, 16, 16))
+    (tmp_path / "ct").mkdir()
+    for s in range(4):
+        write_dicom(tmp_path / "ct" / f"im{s}.dcm", stack[s], position=(0, 0, 2.0 * s), instance=4 - s)
+    for order, first in (("index", "im0.dcm"), ("instance", "im3.dcm")):
+        out = tmp_path / f"out_{order}"
+        assert main(["reduce", str(tmp_path / "ct"), "-o", str(out), "--order", order, "--no-progress"]) == 0
+        with open(out / "manifest.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [os.path.basename(r["source"]) for r in rows][0] == first
+        assert json.loads((out / "summary.json").read_text())["params"]["order"] == order
+    capsys.readouterr()
+
+
+def test_python_api_order_instance(tmp_path, rng):
+    """``order="instance"`` through the dataset filter and the slice loader, as the command line does."""
+    from monai_lessmore.data import SliceReductionFilter
+    from monai_lessmore.transforms import LoadSliced
+
+    stack = random_volume(rng, (3, 8, 8))
+    for s in range(3):
+        write_dicom(tmp_path / f"im{s}.dcm", stack[s], position=(0, 0, 2.0 * s), instance=3 - s)
+    items = SliceReductionFilter(order="instance", method="all")([{"image": str(tmp_path)}])
+    assert [d["slice_index"] for d in items] == [0, 1, 2]
+    first = LoadSliced(keys="image", order="instance")(items[0])["image"]
+    np.testing.assert_array_equal(first[0].numpy(), stack[2])  # InstanceNumber 1 is the top slice here

@@ -110,8 +110,16 @@ def test_unreadable_image_is_an_error(tmp_path, rng):
 
 
 def test_order_is_validated():
-    with pytest.raises(ValueError, match=r"order must be 'index'.*or 'filename'.*got 'name'"):
+    with pytest.raises(ValueError, match=r"order must be 'index'.*'filename'.*or 'instance'.*got 'name'"):
         validate_order("name")
+
+
+def test_order_instance_is_the_index_order_in_slice_folders(tmp_path, rng):
+    write_slices(tmp_path, "v", _images(rng, [1, 2, 10]))
+    vol = load_volume(tmp_path, order="instance")  # the number in the name is the slice's number
+    assert vol.meta["indices"] == [1, 2, 10]
+    np.testing.assert_array_equal(vol.array, load_volume(tmp_path).array)
+    np.testing.assert_array_equal(read_slice(tmp_path, -1, order="instance"), vol.array[-1])
 
 
 @pytest.fixture(scope="module")
