@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from monai_lessmore.classification.transforms import IMAGE_SUFFIXES, ImageLoadError, read_image
+from monai_lessmore.classification.transforms import ImageLoadError
+from monai_lessmore.io.image2d import IMAGE_SUFFIXES, ImageReadError, read_image_2d
 
 __all__ = [
     "ClassificationData",
@@ -369,6 +370,8 @@ def subset_items(items: list[dict[str, Any]], n: int | None, *, seed: int = 0) -
 def check_images(items: list[dict[str, Any]], key: str = "image") -> None:
     """Decode every file-backed image once and raise one error naming every file that fails (fail fast).
 
+    Images are read by :func:`monai_lessmore.io.image2d.read_image_2d`, the package's one 2-D reader.
+
     Args:
         items: data dictionaries; array-backed items (MedMNIST) are skipped.
         key: the image key.
@@ -380,8 +383,8 @@ def check_images(items: list[dict[str, Any]], key: str = "image") -> None:
     for d in items:
         if isinstance(d[key], (str, Path)):
             try:
-                read_image(d[key])
-            except ImageLoadError as e:
+                read_image_2d(d[key])
+            except (ImageReadError, ImageLoadError) as e:
                 problems.append(str(e))
     if problems:
         raise ImageLoadError(

@@ -30,7 +30,7 @@ __all__ = ["SUPPORTED_FORMATS", "SLICE_STORE_SUFFIX", "detect_volume_kind", "loa
 
 SUPPORTED_FORMATS = (
     "NIfTI files (.nii, .nii.gz); NRRD/MetaImage files (.nrrd, .nhdr, .mha, .mhd); a folder holding one DICOM "
-    "series; a folder of 8-bit slices named <volume>_<index>.png|.jpg (one volume addressed as "
+    "series; a folder of slice images (8- or 16-bit) named <volume>_<index>.png|.jpg (one volume addressed as "
     "<folder>/<volume id>)"
 )
 

@@ -8,8 +8,11 @@ Extensions ``.png``, ``.jpg``, ``.jpeg`` (any case); other files are ignored.
 * ``order="index"`` (default) sorts slices by the integer index (``_9`` before ``_10``): anatomical order.
   ``order="filename"`` reproduces the authors' plain string sort of the file names (``_10`` before ``_9``), for
   exact reproduction of their released data.
-* Images are read with PIL, ``convert("L")``, and returned as ``float32`` of the 8-bit values; the volume is marked
-  ``is_uint8_rendered=True`` (already min-max rendered by the authors: hash as is).
+* Images are read by :func:`monai_lessmore.io.image2d.read_raster`, the reader of every 2-D image in this package,
+  as ``float32`` gray values (colour converted with Pillow's ``convert("L")``). A volume of 8-bit images is marked
+  ``is_uint8_rendered=True`` (already min-max rendered by the authors: hash as is). 16-bit gray images keep their
+  values (Pillow's ``convert("L")`` would clip them at 255); a volume holding one is not marked, so the reducer
+  renders it to 8 bit like an HU volume.
 * Gaps in the indices are allowed but reported: ``meta["missing_indices"]`` and a warning naming the volume.
   A repeated index (``a_1.png`` and ``a_01.png``) is an error.
 * Images of one volume may differ in size (every slice of ``covid19_ct_seg`` is cropped to its own bounding box,
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from monai_lessmore.io.image2d import ImageReadError, read_raster
 from monai_lessmore.io.volume import Volume, VolumeReadError
 
 __all__ = [
@@ -208,13 +212,16 @@ def slice_volume_files(folder: str, volume_id: str, order: str = "index") -> tup
     return ordered, missing
 
 
-def read_slice_image(path: str) -> np.ndarray:
-    """One slice image as ``float32`` ``(H, W)`` of its 8-bit gray values (PIL ``convert("L")``)."""
+def _read_image(path: str) -> tuple[np.ndarray, bool]:
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise _unreadable(path, err) from err
+        return read_raster(path)
+    except ImageReadError as err:
+        raise _unreadable(path, err.__cause__ or err) from err
+
+
+def read_slice_image(path: str) -> np.ndarray:
+    """One slice image as ``float32`` ``(H, W)`` gray values (:func:`~monai_lessmore.io.image2d.read_raster`)."""
+    return _read_image(path)[0]
 
 
 def load_slice_volume(folder: str | os.PathLike, volume_id: str, *, order: str = "index") -> Volume:
@@ -238,7 +245,8 @@ def load_slice_volume(folder: str | os.PathLike, volume_id: str, *, order: str =
             f"{missing[:_MAX_LISTED]}; they are skipped",
             stacklevel=2,
         )
-    images = [read_slice_image(f.path) for f in files]
+    read = [_read_image(f.path) for f in files]
+    images = [image for image, _ in read]
     shape = (max(im.shape[0] for im in images), max(im.shape[1] for im in images))
     array = np.zeros((len(images), *shape), dtype=np.float32)
     for i, image in enumerate(images):
@@ -261,7 +269,7 @@ def load_slice_volume(folder: str | os.PathLike, volume_id: str, *, order: str =
         source=os.path.join(folder, volume_id),
         array=array,
         kind="slices",
-        is_uint8_rendered=True,
+        is_uint8_rendered=all(is_8bit for _, is_8bit in read),
         slice_sources=[f.path for f in files],
         meta=meta,
     )

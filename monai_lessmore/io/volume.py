@@ -30,10 +30,11 @@ class Volume:
             of a slice folder (``<volume>`` in ``<volume>_<index>.png``).
         source: the path that was read (``"<folder>/<volume id>"`` for a slice-folder volume).
         array: ``(S, H, W)`` ``float32``, slice axis first, slices inferior -> superior. Hounsfield units for CT
-            (NIfTI/DICOM/ITK); the 8-bit values as ``float32`` for slice folders.
+            (NIfTI/DICOM/ITK); the gray values of the images as ``float32`` for slice folders.
         kind: ``"nifti"``, ``"dicom"``, ``"itk"`` or ``"slices"``.
-        is_uint8_rendered: ``True`` for slice folders, whose slices the authors' pipeline already min-max rendered
-            to 8 bit: hash them as they are instead of rendering them again.
+        is_uint8_rendered: ``True`` for slice folders of 8-bit images, whose slices the authors' pipeline already
+            min-max rendered to 8 bit: hash them as they are instead of rendering them again. ``False`` for a
+            slice folder holding 16-bit images: they are rendered like HU slices.
         slice_sources: one file per slice, in the order of ``array`` (DICOM series, slice folders); ``None`` for
             single-file volumes.
         meta: format details. Keys every reader sets: ``"spacing"`` (mm along ``(S, H, W)``, ``None`` for slice

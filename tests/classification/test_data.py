@@ -140,3 +140,19 @@ def test_subset_keeps_every_class():
     sub = subset_items(items, 6, seed=0)
     assert len(sub) == 6 and {d["label"] for d in sub} == {0, 1}
     assert subset_items(items, 0) == items
+
+
+def test_16bit_png_reads_the_same_for_classification_and_slice_folders(tmp_path):
+    """One reading layer: a 16-bit PNG gives its 16-bit values to a classification task and to a slice folder."""
+    from monai_lessmore.classification.transforms import ReadClassificationImage
+    from monai_lessmore.io import load_volume, read_image_2d, read_slice
+
+    values = np.array([[0, 255, 256, 1000], [4095, 40000, 65535, 7]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "scan_0.png")
+    classification = ReadClassificationImage()(str(tmp_path / "scan_0.png"))[0].numpy()
+    volume = load_volume(tmp_path)
+    np.testing.assert_array_equal(volume.array[0], values.astype(np.float32))
+    np.testing.assert_array_equal(classification, volume.array[0])
+    np.testing.assert_array_equal(read_slice(tmp_path, 0), volume.array[0])
+    np.testing.assert_array_equal(read_image_2d(tmp_path / "scan_0.png"), volume.array[0])
+    check_images([{"image": str(tmp_path / "scan_0.png"), "label": 0}])
