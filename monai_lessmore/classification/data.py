@@ -5,7 +5,7 @@ Every adapter turns a dataset on disk into lists of MONAI data dictionaries
 
 * :class:`CovidCTData` - the COVID-CT challenge with its official split files (``Data-split/``);
 * :class:`MedMNISTData` - any MedMNIST 2-D ``.npz`` (OrganSMNIST in the paper, OrganAMNIST here);
-* :class:`CSVData` - a user CSV ``path,label[,group]``;
+* :class:`CSVData` - a user CSV, ``path,label[,group]`` or columns named by the user (ids resolved by a pattern);
 * :class:`FolderData` - one sub-folder per class.
 
 A fixed-split adapter answers :meth:`splits` (the paper's "five runs on the given split"); every adapter answers
@@ -19,6 +19,7 @@ cannot be decoded. Nothing is skipped silently.
 from __future__ import annotations
 
 import csv
+import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -210,56 +211,135 @@ def _class_index(labels: list[str], class_names: Sequence[str] | None) -> list[s
     return uniq
 
 
-class CSVData(ClassificationData):
-    """A user dataset listed in a CSV with a header ``path,label[,group]`` (``image`` and ``patient`` also accepted).
+_PATH_COLUMNS = ("path", "image", "file", "filename")
+_GROUP_COLUMNS = ("group", "patient")
 
-    Relative paths are resolved against ``data_root`` (default: the CSV's folder). With a ``group`` column the
-    k-fold protocol keeps every patient in one fold.
+
+class _LenientFormatter(string.Formatter):
+    """``str.format`` that converts CSV text to a number when the format spec needs one (``{id:03d}`` of ``"7"``)."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        try:
+            return super().format_field(value, format_spec)
+        except ValueError:
+            for convert in (int, float):
+                try:
+                    return super().format_field(convert(str(value).strip()), format_spec)
+                except ValueError:
+                    continue
+            raise
+
+
+def _find_column(header: dict[str, str], wanted: str | None, defaults: Sequence[str]) -> str | None:
+    """The CSV's own name of column ``wanted`` (case and surrounding spaces ignored), else of the first default."""
+    if wanted is not None:
+        return header.get(wanted.strip().lower())
+    return next((header[d] for d in defaults if d in header), None)
+
+
+class CSVData(ClassificationData):
+    """A user dataset listed in a CSV: one row per image with its path (or an id) and its label.
+
+    By default the header names ``path`` (or ``image``, ``file``, ``filename``), ``label`` and optionally ``group``
+    (or ``patient``). Label files as they come name their columns otherwise: give ``path_column`` and
+    ``label_column``. When the rows hold ids instead of file names, ``path_pattern`` turns a row into its file,
+    e.g. ``"{id:03d}.png"`` for the head CT hemorrhage set (``labels.csv``: ``id, hemorrhage``, ids ``0..199`` for
+    files ``000.png .. 199.png``). Column names are matched ignoring case and surrounding spaces. Relative paths are
+    resolved against ``data_root`` (default: the CSV's folder). With a group column the k-fold protocol keeps every
+    patient in one fold.
 
     Args:
         csv_file: the CSV file.
         data_root: base folder for relative paths.
         class_names: the allowed labels in index order; default: sorted unique labels (numeric when all are
             integers). A label not in ``class_names`` is an error.
+        path_column: the column holding the image path or id; default the first of ``path``, ``image``, ``file``,
+            ``filename`` present (and ``id`` when ``path_pattern`` is given).
+        label_column: the column holding the label; default ``label``.
+        group_column: the column holding the patient/group id; default ``group`` or ``patient`` when present.
+        path_pattern: a :meth:`str.format` pattern giving each row's file: ``{id}`` is the path column's value and
+            ``{<column>}`` any other column's; a value is converted to a number when the format spec needs one
+            (``{id:03d}`` of ``7`` is ``007``). Default: the path column's value is the path.
 
     Raises:
-        ValueError: missing columns, unknown labels, missing files - every offending row listed.
+        ValueError: missing columns (listing the columns found), unknown labels, missing files, a pattern that
+            cannot be formatted - every offending row listed.
     """
 
     def __init__(
-        self, csv_file: str | Path, data_root: str | Path | None = None, class_names: Sequence[str] | None = None
+        self,
+        csv_file: str | Path,
+        data_root: str | Path | None = None,
+        class_names: Sequence[str] | None = None,
+        path_column: str | None = None,
+        label_column: str | None = None,
+        group_column: str | None = None,
+        path_pattern: str | None = None,
     ) -> None:
         self.csv_file = Path(csv_file)
         if not self.csv_file.is_file():
             raise ValueError(f"csv_file {self.csv_file} does not exist; give --csv_file path/to/labels.csv")
         base = Path(data_root) if data_root else self.csv_file.parent
         with open(self.csv_file, newline="") as f:
-            rows = list(csv.DictReader(f))
-        header = {k.strip().lower(): k for k in (rows[0].keys() if rows else [])}
-        path_col = header.get("path", header.get("image"))
-        label_col = header.get("label")
-        group_col = header.get("group", header.get("patient"))
-        if not rows or path_col is None or label_col is None:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            rows = list(reader)
+            names = [n.strip() for n in (reader.fieldnames or [])]
+        header = {n.lower(): orig for n, orig in zip(names, reader.fieldnames or [])}
+        path_defaults = _PATH_COLUMNS + (("id",) if path_pattern else ())
+        path_col = _find_column(header, path_column, path_defaults)
+        label_col = _find_column(header, label_column, ("label",))
+        group_col = _find_column(header, group_column, _GROUP_COLUMNS)
+        missing = []
+        if path_col is None:
+            missing.append(f"the path column {path_column!r}" if path_column else
+                           f"a path column ({', '.join(path_defaults)})")
+        if label_col is None:
+            missing.append(f"the label column {label_column!r}" if label_column else "a label column ('label')")
+        if group_column is not None and group_col is None:
+            missing.append(f"the group column {group_column!r}")
+        if missing or not rows:
+            found = ", ".join(names) if names else "none"
+            problem = f"needs a header with {' and '.join(missing)}" if missing else "has a header but no rows"
             raise ValueError(
-                f"{self.csv_file} needs a header with columns path,label[,group] and at least one row, "
-                f"got columns {list(header) or 'none'}"
+                f"{self.csv_file} {problem}; columns found: {found}. Name the columns with path_column= and "
+                "label_column= (and path_pattern= such as '{id:03d}.png' when the rows hold ids, not file names); "
+                "in the classification bundle: --data#path_column, --data#label_column, --data#path_pattern"
             )
-        labels = [str(r[label_col]).strip() for r in rows]
+        self.path_column, self.label_column, self.group_column = path_col, label_col, group_col
+        self.path_pattern = path_pattern
+        fields = {n: orig for n, orig in zip(names, reader.fieldnames or [])}
+        labels = [str(r[label_col] or "").strip() for r in rows]
         self.class_names = _class_index(labels, class_names)
         index = {c: i for i, c in enumerate(self.class_names)}
         problems = []
         self._items = []
+        formatter = _LenientFormatter()
         for line, (row, label) in enumerate(zip(rows, labels), start=2):
-            path = Path(str(row[path_col]).strip())
+            value = str(row[path_col] or "").strip()
+            if path_pattern:
+                values = {n: str(row[orig] or "").strip() for n, orig in fields.items()}
+                try:
+                    name = formatter.format(path_pattern, **{**values, "id": value})
+                except KeyError as err:
+                    raise ValueError(
+                        f"path_pattern {path_pattern!r} names {{{err.args[0]}}}, but {self.csv_file} has no such "
+                        f"column (columns found: {', '.join(names)}); use {{id}} for the {path_col.strip()!r} column"
+                    ) from None
+                except (ValueError, IndexError) as err:
+                    problems.append(f"line {line}: path_pattern {path_pattern!r} cannot format {value!r} ({err})")
+                    continue
+            else:
+                name = value
+            path = Path(name)
             path = path if path.is_absolute() else base / path
             if label not in index:
                 problems.append(f"line {line}: unknown label {label!r} (known: {self.class_names})")
             elif not path.is_file():
                 problems.append(f"line {line}: image {path} does not exist")
             else:
-                item = {"image": str(path), "label": index[label], "id": str(row[path_col]).strip()}
+                item = {"image": str(path), "label": index[label], "id": value}
                 if group_col is not None:
-                    item["group"] = str(row[group_col]).strip()
+                    item["group"] = str(row[group_col] or "").strip()
                 self._items.append(item)
         if problems:
             raise _bad_input(
@@ -321,6 +401,10 @@ def build_data(
     csv_file: str | None = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    path_column: str | None = None,
+    label_column: str | None = None,
+    group_column: str | None = None,
+    path_pattern: str | None = None,
 ) -> ClassificationData:
     """Build the adapter named by ``dataset`` (the bundle's ``--dataset``) and check ``num_classes``.
 
@@ -331,13 +415,20 @@ def build_data(
         csv_file: the CSV for ``csv``.
         class_names: optional class names (``medmnist``, ``csv``, ``folder``).
         num_classes: optional expected number of classes; a mismatch with the data is an error.
+        path_column, label_column, group_column, path_pattern: ``csv`` only, see :class:`CSVData` (in the
+            classification bundle: ``--data#label_column hemorrhage`` and so on).
     """
+    csv_options = {"path_column": path_column, "label_column": label_column, "group_column": group_column,
+                   "path_pattern": path_pattern}
+    given = sorted(k for k, v in csv_options.items() if v is not None)
+    if given and dataset != "csv":
+        raise ValueError(f"{', '.join(given)} apply to dataset 'csv' only, got dataset={dataset!r}")
     if dataset == "covid_ct":
         data: ClassificationData = CovidCTData(data_root)
     elif dataset == "medmnist":
         data = MedMNISTData(npz_file, class_names)
     elif dataset == "csv":
-        data = CSVData(csv_file, data_root, class_names)
+        data = CSVData(csv_file, data_root, class_names, **csv_options)
     elif dataset == "folder":
         data = FolderData(data_root, class_names)
     else:

@@ -101,7 +101,7 @@ def test_csv_with_groups_unknown_labels_and_missing_files(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)line 3: unknown label 'bird'.*line 4: image .*9\.png does not exist"):
         CSVData(tmp_path / "bad.csv", class_names=["cat", "dog"])
     (tmp_path / "nohead.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="needs a header with columns path,label"):
+    with pytest.raises(ValueError, match=r"needs a header with a path column \(path, .*and a label column.*found: a, b"):
         CSVData(tmp_path / "nohead.csv")
 
 
@@ -156,3 +156,52 @@ def test_16bit_png_reads_the_same_for_classification_and_slice_folders(tmp_path)
     np.testing.assert_array_equal(read_slice(tmp_path, 0), volume.array[0])
     np.testing.assert_array_equal(read_image_2d(tmp_path / "scan_0.png"), volume.array[0])
     check_images([{"image": str(tmp_path / "scan_0.png"), "label": 0}])
+
+
+def _head_ct(root, n=6):
+    """The head CT hemorrhage layout: ``head_ct/000.png ..`` and ``labels.csv`` with ``id, hemorrhage``."""
+    for i in range(n):
+        _png(root / "head_ct" / f"{i:03d}.png", value=i)
+    rows = "".join(f"{i}, {int(i >= n // 2)}\n" for i in range(n))
+    (root / "labels.csv").write_text("id, hemorrhage\n" + rows)
+    return root / "labels.csv"
+
+
+def test_csv_named_columns_and_id_pattern(tmp_path):
+    labels = _head_ct(tmp_path)
+    data = CSVData(labels, data_root=tmp_path / "head_ct", label_column="hemorrhage", path_pattern="{id:03d}.png")
+    assert data.class_names == ["0", "1"] and data.path_column == "id" and data.label_column == "hemorrhage"
+    assert [(d["id"], d["label"]) for d in data.items()] == [("0", 0), ("1", 0), ("2", 0), ("3", 1), ("4", 1), ("5", 1)]
+    assert data.items()[4]["image"] == str(tmp_path / "head_ct" / "004.png")
+    same = CSVData(labels, path_column=" ID ", label_column="Hemorrhage", path_pattern="head_ct/{id:03d}.png")
+    assert [d["image"] for d in same.items()] == [d["image"] for d in data.items()]  # case and spaces ignored
+
+
+def test_csv_column_errors_list_the_columns_found(tmp_path):
+    labels = _head_ct(tmp_path)
+    with pytest.raises(ValueError, match=r"needs a header with a label column \('label'\); columns found: id, hemorrhage"
+                       r"\..*label_column=.*--data#label_column"):
+        CSVData(labels, path_pattern="head_ct/{id:03d}.png")
+    with pytest.raises(ValueError, match=r"the path column 'file_name'.*columns found: id, hemorrhage"):
+        CSVData(labels, path_column="file_name", label_column="hemorrhage")
+    with pytest.raises(ValueError, match=r"path_pattern '\{idx\}\.png' names \{idx\}, but .* no such column"):
+        CSVData(labels, label_column="hemorrhage", path_pattern="{idx}.png")
+    with pytest.raises(ValueError, match=r"line 2: image .*head_ct[/\\]0\.png does not exist"):
+        CSVData(labels, label_column="hemorrhage", path_pattern="head_ct/{id}.png")  # ids lack the zero padding
+    with pytest.raises(ValueError, match=r"apply to dataset 'csv' only"):
+        build_data("folder", data_root=str(tmp_path), label_column="hemorrhage")
+
+
+def test_bundle_reads_a_csv_with_named_columns_through_overrides(tmp_path):
+    """The classification bundle takes the CSV options as overrides of its ``data`` component, no config edit."""
+    from monai.bundle import ConfigParser
+
+    from tests.classification.test_bundle import TRAIN
+
+    labels = _head_ct(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"dataset": "csv", "csv_file": str(labels), "data_root": str(tmp_path / "head_ct"),
+                   "data#label_column": "hemorrhage", "data#path_pattern": "{id:03d}.png"})
+    data = parser.get_parsed_content("data")
+    assert isinstance(data, CSVData) and len(data.items()) == 6 and data.num_classes == 2
