@@ -56,19 +56,29 @@ def test_dicom_and_nifti_slices(tmp_path, rng):
     np.testing.assert_array_equal(read_image_2d(tmp_path / "n.nii.gz"), pixels.astype(np.float32))
 
 
-def test_errors_name_the_file(tmp_path):
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ImageReadError, match=r"broken\.png: cannot be read"):
-        read_image_2d(tmp_path / "broken.png")
-    (tmp_path / "x.txt").write_text("hello")
-    with pytest.raises(ImageReadError, match=r"x\.txt: unknown image format '\.txt'"):
-        read_image_2d(tmp_path / "x.txt")
-    write_nifti(tmp_path / "v.nii", np.zeros((4, 4, 3), np.int16))
-    with pytest.raises(ImageReadError, match=r"v\.nii: expected one 2-D slice, got an array of shape \(4, 4, 3\)"):
-        read_image_2d(tmp_path / "v.nii")
-    (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
-    with pytest.raises(ImageReadError, match=r"bad\.dcm"):
-        read_image_2d(tmp_path / "bad.dcm")
+def _write_bad(path):
+    if path.name == "v.nii":
+        write_nifti(path, np.zeros((4, 4, 3), np.int16))
+    elif path.suffix == ".dcm":
+        path.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    else:
+        path.write_bytes(b"not an image")
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("broken.png", r"broken\.png: cannot be read"),
+        ("broken.tif", r"broken\.tif: cannot be read"),
+        ("x.txt", r"x\.txt: unknown image format '\.txt'; supported: \.png"),
+        ("v.nii", r"v\.nii: expected one 2-D slice, got an array of shape \(4, 4, 3\)"),
+        ("bad.dcm", r"bad\.dcm: is a DICOM file without an image"),
+    ],
+)
+def test_errors_name_the_file(tmp_path, name, message):
+    _write_bad(tmp_path / name)
+    with pytest.raises(ImageReadError, match=message):
+        read_image_2d(tmp_path / name)
 
 
 def test_slice_folder_of_16bit_images_keeps_values_and_is_rendered(tmp_path, rng):
