@@ -143,7 +143,7 @@ class _Series:
     ignored: tuple[str, ...]
     gaps: tuple[tuple[int, float, int], ...]  # (after slice k in position order, step mm, slices missing)
     warnings: tuple[str, ...]
-    monotonic: bool  # positions strictly monotonic in array order: an affine describes the stack
+    monotonic: bool  # positions monotonic in array order: an affine describes the stack
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -339,10 +339,10 @@ def _series_cached(folder: str, mtime_ns: int, order: str) -> _Series:
         keys, normal_arr = keyed
         normal = tuple(float(v) for v in normal_arr)
         positions = tuple(keys[i] for i in order_idx)
-        by_position = sorted(range(len(headers)), key=lambda i: (keys[i], headers[i].instance or 0, headers[i].path))
+        by_position = order_idx if order == "position" else _sort(headers, "position")[0]
         gaps, median = _gaps([keys[i] for i in by_position])
         steps = np.diff(np.asarray(positions))
-        monotonic = len(positions) == 1 or bool(np.all(steps > 0) or np.all(steps < 0))
+        monotonic = bool(np.all(steps >= 0) or np.all(steps <= 0))  # always so in position order
     return _Series(
         files=tuple(headers[i].path for i in order_idx),
         headers=tuple(headers[i] for i in order_idx),

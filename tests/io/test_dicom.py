@@ -137,6 +137,17 @@ def test_gap_in_slice_positions_is_reported(tmp_path, rng):
         assert load_volume(tmp_path / "even").meta["position_gaps"] == []
 
 
+def test_repeated_position_is_counted_not_a_gap(tmp_path, rng):
+    stack = random_volume(rng, (4, 4, 4))
+    write_series(tmp_path, stack[:3])
+    write_dicom(tmp_path / "again.dcm", stack[3], position=(-5.0, -7.0, 12.0), instance=9)  # z of slice 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vol = load_volume(tmp_path)
+    assert vol.meta["duplicate_positions"] == 1 and vol.meta["position_gaps"] == []
+    np.testing.assert_allclose(vol.meta["affine"][:3, 0], [0, 0, 4.0 / 3])  # first to last over three steps
+
+
 def test_order_instance_follows_instance_numbers(tmp_path, rng):
     stack = random_volume(rng, (5, 4, 4))
     for s in range(5):  # instance numbers run superior -> inferior, as in many scanners' series
