@@ -199,6 +199,7 @@ def test_unknown_transfer_syntax_names_file_and_syntax(tmp_path, rng):
             load_volume(tmp_path)
 
 
+@pytest.mark.slow  # GDCM is tried too: the first use of ITK's GDCM module in a process loads it (seconds)
 @pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
 def test_undecodable_pixel_data_names_file_and_syntax(tmp_path, rng):
     """Corrupt JPEG-LS data: pydicom's plugins (if any are installed) and GDCM both fail; one line names both."""
