@@ -1,6 +1,6 @@
 """One entry point for every format: :func:`load_volume` and :func:`read_slice` pick the reader from the path.
 
-Supported inputs (spec section 2): NIfTI files (``.nii``, ``.nii.gz``, :mod:`~monai_lessmore.io.nifti`), NRRD and
+Supported inputs: NIfTI files (``.nii``, ``.nii.gz``, :mod:`~monai_lessmore.io.nifti`), NRRD and
 MetaImage files (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, :mod:`~monai_lessmore.io.itk_reader`), DICOM series
 folders (:mod:`~monai_lessmore.io.dicom`) and the authors' slice folders (:mod:`~monai_lessmore.io.slice_folder`),
 whose volumes are addressed as ``"<folder>/<volume id>"``. Every reader returns the same

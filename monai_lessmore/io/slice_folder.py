@@ -1,6 +1,6 @@
 """Reader for the authors' slice folders: one 8-bit PNG/JPG per slice, named ``<volume>_<index>.<ext>``.
 
-The paper's authors exported every CT slice as its own 8-bit image (spec section 2). A folder may hold many
+The paper's authors exported every CT slice as its own 8-bit image (Wolf et al., 2024, section 2.1). A folder may hold many
 volumes (``covid19_ct_seg`` holds 20): the volume id is the file name up to the last ``_`` and the index is the
 integer after it (``Data-1_coronacases_org_001_17.jpg`` -> volume ``Data-1_coronacases_org_001``, index 17).
 Extensions ``.png``, ``.jpg``, ``.jpeg`` (any case); other files are ignored.

@@ -1,8 +1,8 @@
 """The in-memory CT volume every reader returns, and the one error type they raise.
 
 A :class:`Volume` is a stack of axial slices with the slice axis first, ordered inferior -> superior: the unit the
-paper's reduction works on ("reduce near-duplicate slices within each volume", Wolf et al. 2024, section 2.1;
-spec section 2). Each reader documents how it maps its format onto this layout.
+paper's reduction works on ("reduce near-duplicate slices within each volume", Wolf et al. 2024, section 2.1).
+Each reader documents how it maps its format onto this layout.
 """
 
 from __future__ import annotations
