@@ -9,12 +9,13 @@ that was killed (``kill -9``, out of memory, power cut) from those of one still 
 
 from __future__ import annotations
 
-import hashlib
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -148,28 +149,68 @@ def _proc_start_time(pid: int) -> float | None:
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this host (a zombie counts as finished)."""
+def _win_pid_alive(pid: int) -> bool:
+    """Windows: whether ``pid`` runs (``os.kill(pid, 0)`` would terminate it there, not probe it)."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists but belongs to someone else
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether a process with this PID runs on this host (a zombie counts as finished).
+
+    Args:
+        pid: the process ID.
+        since: a wall-clock time (``time.time()``, a file's modification time) at which the process in question
+            was already running, e.g. when it wrote a file. A process holding the PID that started later is
+            another one (the PID was reused) and does not count. Ignored where start times cannot be read.
+    """
     if pid <= 0:
         return False
     if pid == os.getpid():
         return True
+    if sys.platform == "win32":
+        return _win_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
+        alive = True
     except OSError as exc:
-        return exc.errno != errno.ESRCH
-    return _proc_start_time(pid) != float("inf")
+        alive = exc.errno != errno.ESRCH
+    else:
+        alive = True
+    if not alive:
+        return False
+    started = _proc_start_time(pid)
+    if started == float("inf"):
+        return False
+    return since is None or started is None or started <= since + _START_SLACK
+
+
+def _last_touched(path: Path) -> float:
+    """When ``path`` was last written, renamed or had its times set: a later ``st_ctime`` wins over ``st_mtime``
+    (a folder moved into place keeps an old mtime; copies and ``os.utime`` can set any mtime)."""
+    st = path.lstat()
+    return max(st.st_mtime, st.st_ctime)
 
 
 def is_stale_temp(path: str | os.PathLike) -> bool:
     """Whether ``path`` is one of this package's temporaries (see :func:`temp_path`) whose writer is gone.
 
     Its writer is gone when no process has its PID, or when the process that has it now started after the
-    temporary was last modified (the PID was reused: a writer starts before it writes). Temporaries of this
+    temporary was last written or renamed (the PID was reused: a writer starts before it writes). Temporaries of this
     process and of live processes that may have written them are never stale. PIDs are those of this host: give
     folders that only this host's processes write into, or hold a lock that keeps other writers out.
     """
@@ -177,16 +218,11 @@ def is_stale_temp(path: str | os.PathLike) -> bool:
     pid = _temp_owner(p.name)
     if pid is None or pid == os.getpid():
         return False
-    if not pid_alive(pid):
-        return True
-    started = _proc_start_time(pid)
-    if started is None:
-        return False
     try:
-        modified = p.lstat().st_mtime
+        touched = _last_touched(p)
     except OSError:
         return False
-    return started > modified + _START_SLACK
+    return not pid_alive(pid, since=touched)
 
 
 def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:

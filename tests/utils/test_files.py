@@ -85,10 +85,14 @@ def live_pid():
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
+    # lives until the test closes its stdin (no fixed sleep that a slow machine could outlast)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        yield proc.pid
+    finally:
+        proc.stdin.close()
+        proc.kill()
+        proc.wait()
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, live_pid):
@@ -150,15 +154,74 @@ def test_atomic_writer_temporaries_are_recognised_while_writing(tmp_path, monkey
     assert not is_stale_temp(ours) and is_stale_temp(theirs)
 
 
-def test_reused_pid_does_not_protect_an_older_temporary(tmp_path, live_pid):
+def test_reused_pid_does_not_protect_an_older_temporary(tmp_path, live_pid, monkeypatch):
+    import time
+
+    import monai_lessmore.utils.files as files
+
+    if files._proc_start_time(live_pid) is None:
+        pytest.skip("process start times are not readable here (no /proc)")
+    tmp = tmp_path / f".phantom_00.{live_pid}.tmp"
+    tmp.mkdir()
+    assert not files.is_stale_temp(tmp)  # the live process may be writing it
+    assert files.pid_alive(live_pid, since=time.time()) and not files.pid_alive(_dead_pid())
+    # the process holding the PID started an hour after the temporary was last touched: it cannot have written it
+    later = time.time() + 3600
+    monkeypatch.setattr(files, "_proc_start_time", lambda pid: later if pid == live_pid else None)
+    assert files.is_stale_temp(tmp)
+    assert files.pid_alive(live_pid) and not files.pid_alive(live_pid, since=time.time())
+
+
+def test_a_live_writers_folder_moved_aside_is_not_stale(tmp_path, live_pid):
+    """A writer swaps the previous export out as ``.NAME.PID.old``: the folder keeps the mtime of the earlier
+    export (before this writer started), yet the rename happened while the writer ran."""
+    import time
+
     from monai_lessmore.utils.files import _proc_start_time, is_stale_temp
 
     if _proc_start_time(live_pid) is None:
         pytest.skip("process start times are not readable here (no /proc)")
-    tmp = tmp_path / f".phantom_00.{live_pid}.tmp"
-    tmp.mkdir()
-    assert not is_stale_temp(tmp)  # the live process may be writing it
-    # last modified an hour before that process started: the process now holding the PID cannot have written it
+    final = tmp_path / "phantom_00"
+    final.mkdir()
+    (final / "phantom_00_1.png").write_bytes(b"x")
     old = _proc_start_time(live_pid) - 3600
-    os.utime(tmp, (old, old))
-    assert is_stale_temp(tmp)
+    os.utime(final, (old, old))  # exported an hour before the live writer started
+    moved = tmp_path / f".phantom_00.{live_pid}.old"
+    os.replace(final, moved)
+    if moved.lstat().st_ctime < time.time() - 60:
+        pytest.skip("this filesystem does not update ctime on rename")
+    assert not is_stale_temp(moved)
+
+
+def test_pid_alive_on_windows_never_signals(monkeypatch):
+    """``os.kill(pid, 0)`` terminates the process on Windows: the probe asks the kernel instead."""
+    import ctypes
+
+    import monai_lessmore.utils.files as files
+
+    def no_kill(*args):
+        raise AssertionError("os.kill called")
+
+    class Kernel32:
+        def __init__(self, running):
+            self.running, self.closed = running, []
+
+        def OpenProcess(self, access, inherit, pid):
+            return 0 if pid == 99999 else 1000 + pid
+
+        def GetExitCodeProcess(self, handle, code):
+            ctypes.cast(code, ctypes.POINTER(ctypes.c_ulong)).contents.value = 259 if handle - 1000 in self.running else 0
+            return 1
+
+        def CloseHandle(self, handle):
+            self.closed.append(handle)
+
+    kernel32 = Kernel32(running={4242})
+    monkeypatch.setattr(files.sys, "platform", "win32")
+    monkeypatch.setattr(files.os, "kill", no_kill)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error=False: kernel32, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: 87, raising=False)  # ERROR_INVALID_PARAMETER: no such PID
+    assert files.pid_alive(4242) is True
+    assert files.pid_alive(4243) is False  # exited, handle still open somewhere
+    assert files.pid_alive(99999) is False
+    assert kernel32.closed == [1000 + 4242, 1000 + 4243]
