@@ -255,8 +255,9 @@ def _die_with_parent(parent: int) -> None:
     def watch() -> None:
         while True:
             time.sleep(_WATCHDOG_INTERVAL)
-            if os.getppid() != parent:  # re-parented: the client is gone, nobody will collect the results
-                os._exit(1)
+            # POSIX re-parents an orphan (getppid changes); Windows keeps the dead parent's PID, so ask about it
+            if os.getppid() != parent or (sys.platform == "win32" and not pid_alive(parent)):
+                os._exit(1)  # the client is gone: nobody will collect the results
 
     threading.Thread(target=watch, name="lessmore-parent-watchdog", daemon=True).start()
 
@@ -333,17 +334,20 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
-def _lock_owner(path: Path) -> dict[str, Any]:
-    # the holder writes its PID right after taking the lock: give it a moment
-    for _ in range(20):
+def _lock_owner(path: Path, wait: float = 2.0) -> dict[str, Any]:
+    """What the lock file says about its holder; ``{}`` when it says nothing readable within ``wait`` seconds (the
+    holder writes it right after taking the lock)."""
+    deadline = time.monotonic() + wait
+    while True:
         try:
             owner = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(owner, dict) and "pid" in owner:
                 return owner
         except (OSError, ValueError):
             pass
+        if time.monotonic() > deadline:
+            return {}
         time.sleep(0.05)
-    return {}
 
 
 def _locked_message(folder: Path, owner: dict[str, Any]) -> str:
@@ -375,6 +379,7 @@ def output_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / OUTPUT_MARKER
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    flock = True
     try:
         try:
             import fcntl
@@ -383,13 +388,21 @@ def output_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
         except (BlockingIOError, PermissionError):
             raise OutputLocked(_locked_message(folder, _lock_owner(path))) from None
         except (OSError, ImportError):  # no flock here (Windows, some network filesystems): the PID decides
-            owner = _lock_owner(path)
+            flock = False
+            owner = _lock_owner(path, wait=0.0)
             pid = owner.get("pid")
+            try:
+                written = os.stat(path).st_mtime
+            except OSError:
+                written = None
+            # a process that started after the holder wrote the file is not the holder (its PID was reused)
             if (
                 isinstance(pid, int) and pid != os.getpid() and owner.get("host") == socket.gethostname()
-                and pid_alive(pid)
+                and pid_alive(pid, since=written)
             ):
                 raise OutputLocked(_locked_message(folder, owner)) from None
+        else:
+            flock = True
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -398,10 +411,15 @@ def output_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
         }
         data = (json.dumps(info) + "\n").encode("utf-8")
         with contextlib.suppress(OSError):  # a full disk must not lose the lock, only its description
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
+            # written over the old text, then cut to length: a reader never finds it empty
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
         yield info
     finally:
+        if not flock:  # the PID is the lock there: a finished run gives it up
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)  # releases the lock
 
 

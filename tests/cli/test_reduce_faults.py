@@ -118,26 +118,43 @@ def test_nonexistent_input_exits_2_before_anything_is_written(dataset, tmp_path,
 
 
 # --- lock -------------------------------------------------------------------------------------------------------
+def _env(*extra: Path) -> dict:
+    """The environment of a subprocess that imports this checkout (and ``extra`` folders)."""
+    paths = [str(p) for p in extra] + [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _live_process() -> subprocess.Popen:
+    """A process that lives until its stdin is closed (no fixed sleep that a slow machine could outlast)."""
+    return subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()
+    proc.kill()
+    proc.wait()
+
+
 HOLD_LOCK = """
-import sys, time
+import sys
 from monai_lessmore.cli.reduce import output_lock
 with output_lock(sys.argv[1]):
     print("locked", flush=True)
-    time.sleep(60)
+    sys.stdin.read()  # held until the test closes stdin
 """
 
 
 @pytest.fixture
 def locked_output(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=_env())
     try:
         assert proc.stdout.readline().strip() == "locked"
         yield out, proc.pid
     finally:
-        proc.kill()
-        proc.wait()
+        _end(proc)
 
 
 def test_second_run_into_a_locked_output_exits_2_naming_the_first(dataset, locked_output, capsys):
@@ -168,6 +185,58 @@ def test_lock_is_released_and_reusable_in_one_process(dataset, tmp_path):
                 pass
     with output_lock(out):  # released on exit
         pass
+
+
+def _no_flock(monkeypatch):
+    """A filesystem without flock (NFS mounted ``nolock``, some FUSE filesystems): flock fails with ENOLCK."""
+    import fcntl
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def test_without_flock_the_pid_decides(tmp_path, monkeypatch):
+    import monai_lessmore.utils.files as files
+    from monai_lessmore.cli.reduce import OutputLocked, output_lock
+    from monai_lessmore.io.discover import OUTPUT_MARKER
+
+    _no_flock(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = out / OUTPUT_MARKER
+    live = _live_process()
+    try:
+        marker.write_text(json.dumps({"pid": live.pid, "host": socket.gethostname()}))
+        with pytest.raises(OutputLocked, match=f"pid {live.pid}"):  # its holder runs
+            with output_lock(out):
+                pass
+        if files._proc_start_time(live.pid) is not None:
+            # the same PID, but held by a process that started after the lock was written: the PID was reused
+            written = marker.stat().st_mtime
+            monkeypatch.setattr(files, "_proc_start_time", lambda pid: written + 3600)
+            with output_lock(out) as info:
+                assert json.loads(marker.read_text())["pid"] == info["pid"] == os.getpid()
+            monkeypatch.undo()
+            _no_flock(monkeypatch)
+    finally:
+        _end(live)
+    with output_lock(out):  # the holder is dead now
+        pass
+    assert marker.read_text() == ""  # a finished run leaves no PID that a later process could be taken for
+
+
+def test_lock_works_without_fcntl_and_pwrite(tmp_path, monkeypatch):
+    """Windows has neither fcntl nor os.pwrite: the lock falls back to the PID and still records its holder."""
+    from monai_lessmore.cli.reduce import output_lock
+    from monai_lessmore.io.discover import OUTPUT_MARKER
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError
+    monkeypatch.delattr(os, "pwrite", raising=False)
+    out = tmp_path / "out"
+    with output_lock(out) as info:
+        assert json.loads((out / OUTPUT_MARKER).read_text()) == json.loads(json.dumps(info))
 
 
 # --- temporaries of killed runs -----------------------------------------------------------------------------------
