@@ -259,7 +259,7 @@ def test_stale_temporaries_are_removed_at_start(dataset, tmp_path):
             (p / "phantom_00_1.png").write_bytes(b"\x89PNG" + b"x" * 1000)
         else:
             p.write_bytes(b"x" * 1000)
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = _live_process()
     try:
         busy = out / "slices" / f".phantom_01.{live.pid}.tmp"
         busy.mkdir()
@@ -267,8 +267,7 @@ def test_stale_temporaries_are_removed_at_start(dataset, tmp_path):
         assert not any(p.exists() for p in stale)
         assert busy.exists()  # a live process's temporary is never touched
     finally:
-        live.kill()
-        live.wait()
+        _end(live)
 
 
 # --- killed client ----------------------------------------------------------------------------------------------
@@ -308,32 +307,85 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
+#: Imported by the client and its pool workers (the pickled task refers to it): each worker exports the first slice
+#: of its first volume, says so, and then holds right there, inside the export, until it is killed -- so the
+#: client is killed at a known point, with both workers mid-export, whatever the machine's speed.
+HOLD_IN_EXPORT = """
+import os, time
+from pathlib import Path
+
+from PIL import Image
+
+from monai_lessmore.cli import reduce
+
+_save = Image.Image.save
+
+
+def _save_then_hold(self, fp, *args, **kwargs):
+    _save(self, fp, *args, **kwargs)
+    Path(os.environ["LESSMORE_TEST_HOLDING"], str(os.getpid())).touch()
+    deadline = time.monotonic() + 600  # bounded, should the kill never come
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def process_volume(*args, **kwargs):
+    Image.Image.save = _save_then_hold
+    return _process_volume(*args, **kwargs)
+
+
+_process_volume = reduce.process_volume
+"""
+
+RUN_HELD = """
+import sys
+
+import lessmore_hold
+from monai_lessmore.cli import reduce
+from monai_lessmore.cli.main import main
+
+reduce.process_volume = lessmore_hold.process_volume  # what the pool submits
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {seconds:g} s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to list the worker processes")
 def test_killed_client_takes_its_workers_with_it_and_the_rerun_completes(tmp_path):
     data = tmp_path / "data"
-    write_phantom_dataset(data, n_volumes=6, slices=(40, 60), size=64)
+    write_phantom_dataset(data, n_volumes=4, slices=(20, 30), size=32)
+    hooks, holding = tmp_path / "hooks", tmp_path / "holding"
+    hooks.mkdir()
+    holding.mkdir()
+    (hooks / "lessmore_hold.py").write_text(HOLD_IN_EXPORT)
     out = tmp_path / "out"
-    args = ["reduce", str(data), "-o", str(out), "--workers", "2", "--export", "png", "--threshold", "0", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    args = ["reduce", str(data), "-o", str(out), "--export", "png", "--threshold", "0", "--no-progress"]
+    env = {**_env(hooks), "LESSMORE_TEST_HOLDING": str(holding)}
     workers: set[int] = set()
-    client = subprocess.Popen([sys.executable, "-m", "monai_lessmore.cli.main", *args], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "client.log"
+    with log.open("w") as stderr:
+        client = subprocess.Popen([sys.executable, "-c", RUN_HELD, *args, "--workers", "2"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 180
-        # kill it while the workers export
-        while not ((out / "slices").is_dir() and any((out / "slices").iterdir())):
-            assert client.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the workers never started exporting"
-            time.sleep(0.05)
+        def both_hold() -> bool:
+            if client.poll() is not None:
+                pytest.fail(f"the run ended (status {client.returncode}) before it was killed:\n{log.read_text()}")
+            return len(os.listdir(holding)) == 2
+
+        _wait_for(both_hold, 300, "both workers started exporting")  # generous: two spawns import torch
+        held = {int(name) for name in os.listdir(holding)}
         workers = _descendants(client.pid)
-        assert workers
+        assert held <= workers
         client.send_signal(signal.SIGKILL)
         client.wait()
-        deadline = time.monotonic() + 15
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in workers if _alive(p)], "worker processes outlived the killed client"
+        _wait_for(lambda: not any(_alive(p) for p in workers), 60, "worker processes ended with the killed client")
     finally:
         if client.poll() is None:
             client.kill()
@@ -341,10 +393,15 @@ def test_killed_client_takes_its_workers_with_it_and_the_rerun_completes(tmp_pat
         for p in workers:  # reparented by now: not below the client any more
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
-    # the re-run resumes: no temporaries of the killed run left, every volume exported once
-    assert main(args[:4] + args[6:]) == 0  # in this process: quicker
+    # killed inside the export: each worker left its temporary folder and no volume has a record
+    temporaries = sorted((out / "slices").iterdir())  # .phantom_0X.PID.tmp
+    assert len(temporaries) == 2 and all(t.is_dir() and t.name.endswith(".tmp") for t in temporaries)
+    assert {int(t.name.split(".")[2]) for t in temporaries} == held
+    assert not (out / "records").exists() or not any((out / "records").iterdir())
+    # the re-run (in this process: quicker) cleans them up, resumes nothing and completes, every slice exported once
+    assert main(args) == 0
     summary = summary_of(out)
-    assert summary["complete"] and summary["n_volumes"] == 6
+    assert summary["complete"] and summary["n_volumes"] == 4
     assert not [p for p in out.rglob(".*") if not p.name.startswith(".lessmore-reduce.")]
     assert sum(1 for _ in (out / "slices").rglob("*.png")) == summary["n_kept"]
 
@@ -393,24 +450,32 @@ def test_disk_full_is_reported_and_the_rerun_completes(dataset, tmp_path, monkey
 
 @pytest.fixture
 def small_filesystem(tmp_path):
-    """A 3 MB tmpfs at ``tmp_path/small``; skips where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    """A 400 kB tmpfs at ``tmp_path/small``; skips where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if not sys.platform.startswith("linux") or shutil.which("mount") is None:
         pytest.skip("needs Linux mount(8)")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
+    try:
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        res = None
+    if res is None or res.returncode or not os.path.ismount(mnt):
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
+        why = "mount timed out" if res is None else (res.stderr.strip() or "not mounted")
+        pytest.skip(f"cannot mount a small tmpfs here: {why}")
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        res = subprocess.run(["umount", "-l", str(mnt)], capture_output=True, text=True, timeout=60)
+        assert not os.path.ismount(mnt), f"could not unmount the test tmpfs {mnt}: {res.stderr.strip()}"
 
 
 @pytest.mark.slow
 def test_real_full_filesystem(tmp_path, small_filesystem, capsys):
     data = tmp_path / "data"
-    write_phantom_dataset(data, n_volumes=10, slices=(30, 40), size=160)
+    write_phantom_dataset(data, n_volumes=8, slices=(20, 30), size=96)  # ~0.1 MB of PNG per volume
     out = small_filesystem / "out"
     args = ["reduce", str(data), "-o", str(out), "--threshold", "0", "--export", "png", "--no-progress"]
     assert main(args) == 1
@@ -418,7 +483,7 @@ def test_real_full_filesystem(tmp_path, small_filesystem, capsys):
     assert "disk full" in err.lower() and "Traceback" not in err
     records = sorted(p.stem for p in (out / "records").glob("*.json"))
     assert records, "no volume finished before the disk was full"
-    assert len(records) < 10
+    assert len(records) < 8
     # every finished volume's export is complete; no temporary of a failed export is left
     exported = sorted(p.name for p in (out / "slices").iterdir())
     assert set(records) <= set(exported) and not [n for n in exported if n.startswith(".")]
@@ -426,7 +491,7 @@ def test_real_full_filesystem(tmp_path, small_filesystem, capsys):
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_filesystem)], check=True)
     assert main(args) == 0
     summary = summary_of(out)
-    assert summary["complete"] and summary["n_volumes"] == 10
+    assert summary["complete"] and summary["n_volumes"] == 8
     assert sorted(n for n, v in summary["volumes"].items() if v["resumed"]) == records
     assert not [p for p in out.rglob(".*") if not p.name.startswith(".lessmore-reduce.")]
 
