@@ -38,6 +38,31 @@ def test_single_volume_paths_return_themselves(tmp_path, rng):
     assert discover_volumes(tmp_path / "p" / "vol") == [str(tmp_path / "p" / "vol")]
 
 
+def test_output_folders_of_reduce_are_skipped(tmp_path, rng):
+    """Exported slices and volumes inside a ``lessmore reduce`` output are not data: the folder is known by its
+    lock file, or by the layout older versions wrote (manifest, summary and records/); a partial layout is data."""
+    from monai_lessmore.io.discover import OUTPUT_MARKER, is_output_folder
+
+    write_nifti(tmp_path / "a.nii.gz", random_volume(rng, (2, 2, 2)))
+    marked, layout, partial = tmp_path / "run1", tmp_path / "sub" / "run2", tmp_path / "notarun"
+    for out in (marked, layout, partial):
+        write_slices(out / "slices" / "a", "a", {0: np.zeros((2, 2))})
+        (out / "volumes").mkdir()
+        write_nifti(out / "volumes" / "a.nii.gz", random_volume(rng, (2, 2, 2)))
+    (marked / OUTPUT_MARKER).write_text("")
+    for name in ("manifest.csv", "summary.json"):
+        (layout / name).write_text("x")
+    (layout / "records").mkdir()
+    (partial / "manifest.csv").write_text("x")  # no summary.json, no records/: an ordinary folder
+    assert [is_output_folder(f) for f in (marked, layout, partial, tmp_path)] == [True, True, False, False]
+    expected = ["a.nii.gz", "notarun/slices/a/a", "notarun/volumes/a.nii.gz"]
+    assert discover_volumes(tmp_path) == sorted(os.path.join(str(tmp_path), e) for e in expected)
+    assert discover_volumes(marked) == [] and discover_volumes(layout) == []  # the root itself, too
+    # what a run exported is discovered when asked for directly
+    assert discover_volumes(marked / "slices") == [str(marked / "slices" / "a" / "a")]
+    assert discover_volumes(layout / "volumes") == [str(layout / "volumes" / "a.nii.gz")]
+
+
 def test_errors(tmp_path):
     with pytest.raises(VolumeReadError, match="no such file or folder"):
         discover_volumes(tmp_path / "missing")
