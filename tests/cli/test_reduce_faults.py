@@ -519,7 +519,6 @@ def test_a_new_run_waits_for_the_workers_of_a_killed_one(dataset, tmp_path, monk
     for it, and gives up (exit 2, saying so) when it does not end. (flock locks of two open files conflict within
     one process too, so the "worker" is a file descriptor here.)"""
     import fcntl
-    import threading
 
     import monai_lessmore.cli.reduce as job
 
@@ -532,17 +531,21 @@ def test_a_new_run_waits_for_the_workers_of_a_killed_one(dataset, tmp_path, monk
         assert main(["reduce", str(dataset), "-o", str(out), "--no-progress"]) == 2
         assert "still running" in capsys.readouterr().err
         assert not (out / "records").exists()
-        monkeypatch.setattr(job, "_LEFTOVER_WAIT", 30.0)
-        released = threading.Event()
+        # the "worker" ends while the new run waits: after the run's third try to take the workers lock, so the
+        # test shows that it waited and then went on, however slow the machine
+        monkeypatch.setattr(job, "_LEFTOVER_WAIT", 300.0)
+        real_flock, tries = fcntl.flock, []
+        workers_lock = os.fstat(fd).st_ino
 
-        def end_worker():
-            released.set()
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        def flock(f, op):
+            if f != fd and op == fcntl.LOCK_EX | fcntl.LOCK_NB and os.fstat(f).st_ino == workers_lock:
+                tries.append(f)
+                if len(tries) == 3:
+                    real_flock(fd, fcntl.LOCK_UN)
+            return real_flock(f, op)
 
-        timer = threading.Timer(0.5, end_worker)
-        timer.start()
+        monkeypatch.setattr(fcntl, "flock", flock)
         assert main(["reduce", str(dataset), "-o", str(out), "--no-progress"]) == 0
-        assert released.is_set()  # it ran only after the "worker" had ended
-        timer.join()
+        assert len(tries) == 3  # refused twice while the worker lived, taken once it had ended
     finally:
         os.close(fd)
