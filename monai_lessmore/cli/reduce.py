@@ -456,16 +456,23 @@ def _wait_for_leftover_workers(folder: Path, timeout: float | None = None) -> No
 
 
 def _check_paths(inputs: Sequence[str], output: str) -> None:
-    """Refuse, before anything is written: missing inputs, an output under a file, an output inside an input and
-    an input inside the output's exports."""
+    """Refuse, before anything is written: missing inputs, an output under a file or where this user cannot write,
+    an output inside an input and an input inside the output's exports."""
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output {out} exists and is not a directory; give a new or existing folder")
+    existing = out.absolute() if out.exists() else None
     for parent in out.absolute().parents:
+        if existing is not None:
+            break
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"--output {out}: {parent} is a file, not a folder; give an output folder path")
-            break
+            existing = parent
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"--output {out}: cannot write to {existing} (permission denied); give an output folder you can write to"
+        )
     real_out = os.path.realpath(out)
     for inp in inputs:
         exists = os.path.exists(inp)

@@ -103,6 +103,22 @@ def test_output_under_a_regular_file_exits_2(dataset, tmp_path, capsys):
     assert afile.read_text() == "keep"
 
 
+def test_output_where_we_cannot_write_exits_2(dataset, tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "readonly"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root may write anywhere: let the permission check see what a user would
+            real_access = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+        for output in (locked, locked / "new" / "sub"):
+            assert main(["reduce", str(dataset), "--output", str(output), "--no-progress"]) == 2
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and "cannot write to" in err and str(locked) in err
+    finally:
+        locked.chmod(0o700)
+
+
 def test_nonexistent_input_exits_2_before_anything_is_written(dataset, tmp_path, capsys):
     out = tmp_path / "out"
     missing = tmp_path / "missing"
