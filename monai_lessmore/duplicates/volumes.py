@@ -10,6 +10,7 @@ and in :class:`monai_lessmore.data.SliceReductionFilter`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -79,6 +80,13 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return pc(x)
 
 
+def _unique_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of an int64 array and their counts (a sort: faster than numpy's hashing unique here)."""
+    s = np.sort(x)
+    first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]])) if s.size else np.zeros(0, dtype=np.int64)
+    return s[first], np.diff(np.append(first, s.size))
+
+
 def _aligned(vs: "VolumeSet", a: int, b: int, off: int) -> np.ndarray:
     """Hamming distances of slices ``k`` of ``a`` and ``k + off`` of ``b`` over their overlap."""
     lo, hi = max(0, -off), min(int(vs.n_slices[a]), int(vs.n_slices[b]) - off)
@@ -91,6 +99,8 @@ def _best_offset(vs: "VolumeSet", a: int, b: int, offsets: np.ndarray) -> int:
     Neighbouring slices look alike, so the most frequent offset alone is often one slice off."""
     values, counts = np.unique(offsets, return_counts=True)
     cands = values[counts * 2 >= counts.max()].tolist()
+    if len(cands) == 1:
+        return int(cands[0])
     return int(min(cands, key=lambda o: (float(_aligned(vs, a, b, int(o)).mean()), abs(o), o)))
 
 
@@ -118,11 +128,11 @@ def volume_pairs(
     i, j = np.where(swap, j, i), np.where(swap, i, j)
     va, vb = np.minimum(va, vb), np.maximum(va, vb)
     key = va * n_vol + vb
-    keys, n_pairs = np.unique(key, return_counts=True)
+    keys, n_pairs = _unique_counts(key)
 
     def matched(side: np.ndarray) -> np.ndarray:
-        u = np.unique(key * n + side) // n  # distinct (volume pair, slice) -> its volume pair
-        k, c = np.unique(u, return_counts=True)
+        u = _unique_counts(key * n + side)[0] // n  # distinct (volume pair, slice) -> its volume pair
+        k, c = _unique_counts(u)
         out = np.zeros(len(keys), dtype=np.int64)
         out[np.searchsorted(keys, k)] = c
         return out
@@ -215,7 +225,8 @@ def find_duplicates(
         executor: runs the search pieces elsewhere (see :func:`monai_lessmore.duplicates.search.near_pairs`).
 
     Returns:
-        ``{"rows": duplicates.csv rows, "groups": duplicate_groups(...), "n_slice_pairs": int, "search": stats}``.
+        ``{"rows": duplicates.csv rows, "groups": duplicate_groups(...), "n_slice_pairs": int, "search": stats}``
+        (``stats``: see :func:`~monai_lessmore.duplicates.search.near_pairs`, plus the search's ``seconds``).
     """
     slice_groups = None
     if groups is not None:
@@ -224,8 +235,10 @@ def find_duplicates(
             raise ValueError(f"groups must give one id per volume ({len(vs.names)}), got shape {g.shape}")
         slice_groups = g.astype(np.int32)[vs.volume]
     stats: dict[str, Any] = {}
+    t0 = time.perf_counter()
     i, j, dist = near_pairs(vs.flat, threshold, volumes=vs.volume, groups=slice_groups, num_threads=num_threads,
                             stats=stats, executor=executor)
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
     rows = volume_pairs(vs, i, j, dist, min_fraction=min_fraction)
     n_slices = dict(zip(vs.names, vs.n_slices.tolist()))
     return {
