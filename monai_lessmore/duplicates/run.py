@@ -164,6 +164,11 @@ def run_duplicates(
     if not 0.0 < min_fraction <= 1.0:
         raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction!r}")
     vs, first = load_run(run_dir)
+    reduce_summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    warnings = []
+    if reduce_summary.get("complete") is False:
+        warnings.append(f"the reduce run is incomplete ({len(reduce_summary.get('pending', []))} volumes pending): "
+                        "their duplicates are not searched; finish it with the same `lessmore reduce` command")
     groups, scope_counts = scope_keys(vs, first, scope)
     found = find_duplicates(vs, threshold=threshold, min_fraction=min_fraction, groups=groups,
                             num_threads=num_threads, executor=executor)
@@ -188,6 +193,7 @@ def run_duplicates(
         "removed_kept_slices": removed_kept,
         "search": found["search"],
         "seconds": round(time.perf_counter() - start, 3),
+        "warnings": warnings,
     }
     run = Path(run_dir)
     atomic_write_text(run / "duplicates.csv", _csv_text(found["rows"]))
@@ -215,6 +221,8 @@ def print_summary(summary: dict[str, Any], run_dir: str | os.PathLike, out: Any 
           f"{summary['n_dropped_volumes']} volumes; that removes {summary['removed_kept_slices']} of the "
           f"{summary['kept_slices']} slices kept by the within-volume reduction "
           f"(-> {summary['kept_slices_after_duplicates']})", file=out)
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}", file=out)
     run = Path(run_dir)
     print(f"wrote {run / 'duplicates.csv'} and {run / 'duplicates.json'}", file=out)
 

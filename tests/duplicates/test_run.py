@@ -182,3 +182,12 @@ def test_dask_executor_pieces_with_fake_client():
     a = near_pairs(h, 6, volumes=vol, plan=plan, executor=ex)
     b = near_pairs(h, 6, volumes=vol, plan=plan)
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a[0]) > 0
+
+
+def test_incomplete_run_is_said(planted_run, capsys):
+    run, _ = planted_run
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "complete": False, "pending": ["/data/x.nii.gz"]}))
+    assert main(["duplicates", str(run)]) == 0
+    assert "warning: the reduce run is incomplete (1 volumes pending)" in capsys.readouterr().out
+    assert json.loads((run / "duplicates.json").read_text())["warnings"]
