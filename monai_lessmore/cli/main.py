@@ -3,7 +3,8 @@
 ``lessmore reduce INPUT... --output DIR`` reduces a dataset on disk (see :mod:`monai_lessmore.cli.reduce`);
 ``lessmore reduce ... --dask`` / ``--scheduler ADDRESS`` runs it on a Dask cluster
 (:mod:`monai_lessmore.cli.dask_backend`); ``lessmore report DIR`` draws figures of a run
-(:mod:`monai_lessmore.cli.report`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
+(:mod:`monai_lessmore.cli.report`); ``lessmore duplicates DIR`` finds duplicate volumes of a run
+(:mod:`monai_lessmore.duplicates.run`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
 data needed). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
 the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash verification
 (:mod:`monai_lessmore.hub.commands`).
@@ -54,6 +55,16 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"must be HxW or N with positive integers (e.g. 512x512), got {text!r}") from None
     assert size is not None
     return size
+
+
+def _hamming(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer Hamming distance 0..64, got {text!r}") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be an integer Hamming distance 0..64, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -136,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slices", type=_positive_int, default=5, help="kept slices shown per method (default 5)")
     r.add_argument("--device", default="cpu", help="cpu or cuda, for ssim/mi/deepnet rows")
     r.add_argument("--deepnet-weights", default="imagenet", help="deepnet row: 'imagenet' (local torch cache only) or a state-dict file")
+    # --- duplicate volumes of a reduce run ---
+    u = sub.add_parser("duplicates", help="duplicate volumes of a reduce run (same scan twice); writes DIR/duplicates.csv")
+    u.add_argument("directory", metavar="RUN_DIR", help="the --output folder of a `lessmore reduce` run (manifest.csv, summary.json)")
+    u.add_argument("--threshold", type=_hamming, default=6, help="Hamming distance of two matching slices, inclusive, 0..64 (default 6)")
+    u.add_argument("--min-fraction", type=_fraction, default=None, help="two volumes are duplicates when this fraction of the slices of either has a match in the other (default 0.5)")
+    u.add_argument("--scope", choices=("dataset", "study", "patient"), default="dataset", help="compare all volumes (default), or only within a study / patient (DICOM StudyInstanceUID / PatientID, else the folder above the series)")
+    u.add_argument("--workers", type=_positive_int, default=None, help="threads of the search (default 1); with --dask: worker processes of the local cluster")
+    ug = u.add_argument_group("Dask cluster (the search pieces run as tasks; outputs written here by the client)")
+    uw = ug.add_mutually_exclusive_group()
+    uw.add_argument("--dask", action="store_true", help="run on a local Dask cluster of --workers processes")
+    uw.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
+    ug.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
     # --- pre-trained ResNet50 bundle (issue 6): import-checkpoint, package-bundle, fetch-bundle ---
     add_hub_parsers(sub)
     return parser
@@ -229,6 +252,43 @@ def _run_report(directory, **kwargs: Any) -> int:
     return 0
 
 
+def _run_duplicates(ns: argparse.Namespace) -> int:
+    from monai_lessmore.duplicates.run import DaskSearch, DuplicatesError, print_summary, run_duplicates
+    from monai_lessmore.duplicates.volumes import DEFAULT_MIN_FRACTION
+
+    if ns.scheduler is not None and ns.workers is not None:
+        print("lessmore duplicates: error: --workers applies to local runs and --dask; the cluster at --scheduler "
+              "has its own workers", file=sys.stderr)
+        return 2
+    workers = 1 if ns.workers is None else ns.workers
+    if not (Path(ns.directory) / "manifest.csv").is_file():
+        print(f"lessmore duplicates: error: {Path(ns.directory) / 'manifest.csv'} not found; RUN_DIR must be the "
+              "--output folder of a `lessmore reduce` run", file=sys.stderr)
+        return 2
+    kwargs = dict(threshold=ns.threshold, scope=ns.scope,
+                  min_fraction=DEFAULT_MIN_FRACTION if ns.min_fraction is None else ns.min_fraction)
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if ns.dask or ns.scheduler is not None:
+            from monai_lessmore.cli.dask_backend import SchedulerUnreachable, dask_client
+
+            try:
+                client = stack.enter_context(dask_client(ns.scheduler, n_workers=workers, connect_timeout=ns.connect_timeout))
+            except SchedulerUnreachable as exc:
+                print(f"lessmore duplicates: error: {exc}", file=sys.stderr)
+                return 2
+            executor = DaskSearch(client)
+            print(f"lessmore duplicates: Dask cluster {client.scheduler.address} with {executor.n_workers} workers",
+                  file=sys.stderr)
+        try:
+            summary = run_duplicates(ns.directory, num_threads=workers, executor=executor, **kwargs)
+        except DuplicatesError as exc:
+            print(f"lessmore duplicates: error: {exc}", file=sys.stderr)
+            return 2
+    print_summary(summary, ns.directory)
+    return 0
+
+
 def _ssl_bundle() -> Path | None:
     """The pre-training bundle beside the package (a source checkout or editable install), if present."""
     bundle = Path(__file__).resolve().parents[2] / "bundles" / "lessmore_ssl_pretrain"
@@ -295,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns.directory, methods=ns.methods, volume=ns.volume, output=ns.output, n_show=ns.slices,
             device=ns.device, deepnet_weights=ns.deepnet_weights,
         )
+    if ns.command == "duplicates":
+        return _run_duplicates(ns)
     if ns.command == "import-checkpoint":
         return run_import_checkpoint(ns)
     if ns.command == "package-bundle":

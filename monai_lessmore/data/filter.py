@@ -126,6 +126,12 @@ class SliceReductionFilter:
             kept as ``source_image`` / ``source_slice_index``. A training epoch then costs one memory-mapped read
             per slice instead of decompressing a ``.nii.gz`` up to the slice (tens to hundreds of ms for a
             512x512 volume). :class:`~monai_lessmore.transforms.LoadSliced` reads both kinds of item alike.
+        duplicates: drop all but one volume of each group of duplicate volumes (the same scan twice, see
+            :mod:`monai_lessmore.duplicates`): the path of a ``duplicates.csv`` written by ``lessmore duplicates``,
+            or a dictionary of search options (``threshold`` 6, ``min_fraction`` 0.5, ``scope`` ``"dataset"``;
+            ``{}`` = these defaults) to find them among the datalist's volumes after reducing them. The volume
+            kept is the one with the most slices (ties: the smallest ``lessmore reduce`` volume name). The
+            groups are in :attr:`duplicate_groups`, the dropped sources in :attr:`dropped_duplicates`.
         reducer_args: everything else is passed to :class:`~monai_lessmore.reduction.SliceReducer` (``method``,
             ``threshold``, ``fraction``, ``algorithm``, ...). ``method="none"`` is accepted as ``"all"``.
     """
@@ -138,6 +144,7 @@ class SliceReductionFilter:
         order: str = "index",
         on_error: str = "raise",
         slice_store_dir: str | os.PathLike | None = None,
+        duplicates: str | os.PathLike | dict[str, Any] | None = None,
         **reducer_args: Any,
     ) -> None:
         self.reducer = SliceReducer(**reducer_args)
@@ -150,12 +157,18 @@ class SliceReductionFilter:
         self.on_error = on_error
         self.cache = None if cache_dir is None else ReductionCache(cache_dir)
         self.slice_store_dir = None if slice_store_dir is None else os.fspath(slice_store_dir)
+        if duplicates is not None and not isinstance(duplicates, (str, os.PathLike, dict)):
+            raise ValueError(f"duplicates must be a duplicates.csv path or a dict of options, got {duplicates!r}")
+        self.duplicates = duplicates
         self.failures: list[dict[str, str]] = []
         self.records: list[dict[str, Any]] = []
+        self.duplicate_groups: list[dict[str, Any]] = []
+        self.dropped_duplicates: list[str] = []
 
     def __call__(self, datalist: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         self.failures, self.records = [], []
+        self.duplicate_groups, self.dropped_duplicates = [], []
         for i, item in enumerate(datalist):
             if not isinstance(item, dict) or self.image_key not in item:
                 raise ValueError(f"datalist item {i} has no key {self.image_key!r}; set image_key= to the volume key")
@@ -178,6 +191,14 @@ class SliceReductionFilter:
                 )
             else:
                 out.extend({**item, self.slice_key: int(k)} for k in record["kept"])
+        if self.duplicates is not None:
+            from monai_lessmore.duplicates.select import duplicates_to_drop
+
+            drop, self.duplicate_groups = duplicates_to_drop(self.records, self.duplicates)
+            self.dropped_duplicates = sorted(drop)
+            before = len(out)
+            out = [it for it in out if str(it.get("source_image", it[self.image_key])) not in drop]
+            logger.info("dropped %d duplicate volumes: %d of %d kept slices", len(drop), before - len(out), before)
         return out
 
 
