@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -162,6 +163,8 @@ def _volume_warnings(vol: Any, result: Any) -> list[str]:
     if missing:
         shown = ", ".join(str(i) for i in list(missing)[:10])
         out.append(f"{len(missing)} slice indices missing from the folder ({shown}{', ...' if len(missing) > 10 else ''})")
+    if getattr(vol, "kind", None) == "dicom" and isinstance(vol.meta, dict):
+        out.extend(str(w) for w in vol.meta.get("warnings", []))
     return out
 
 
@@ -188,7 +191,10 @@ def process_volume(
 
     reducer = SliceReducer(**reducer_args)
     digest = content_digest(source)
-    vol = load_volume(source, order=order).require_finite()
+    with warnings.catch_warnings():
+        # the reader's warnings (DICOM position gaps, missing rescale) go to the record and the summary instead
+        warnings.simplefilter("ignore", UserWarning)
+        vol = load_volume(source, order=order).require_finite()
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
     out = Path(out_dir)
     if export == "png":
@@ -506,7 +512,8 @@ class ReduceJob:
         reducer_args: :class:`SliceReducer` arguments (validated here, before any work).
         export: ``"none"``, ``"png"`` or ``"nifti"``.
         workers: processes working on volumes in parallel (1 = in this process).
-        order: slice order for slice folders, ``"index"`` or ``"filename"``.
+        order: slice order: ``"index"`` (anatomical), ``"filename"`` (slice folders: the authors' string sort) or
+            ``"instance"`` (DICOM: InstanceNumber).
         progress: show a progress bar on stderr.
         executor: runs the volumes (:data:`Executor`); ``None`` = :func:`local_executor` with ``workers``. A
             :class:`~monai_lessmore.cli.dask_backend.DaskExecutor` spreads them over a Dask cluster.

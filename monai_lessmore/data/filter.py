@@ -117,7 +117,8 @@ class SliceReductionFilter:
         image_key: key of the volume path in each item.
         slice_key: key added to each output item with the slice index.
         cache_dir: folder of the persistent reduction cache (``None``: no cache).
-        order: slice order of slice folders: ``"index"`` (numeric) or ``"filename"`` (the authors' string sort).
+        order: slice order: ``"index"`` (anatomical), ``"filename"`` (slice folders: the authors' string sort) or
+            ``"instance"`` (DICOM: InstanceNumber).
         on_error: ``"raise"`` (default) stops at the first unreadable volume; ``"skip"`` logs it, leaves its items
             out and records it in :attr:`failures`.
         slice_store_dir: optional folder for the kept slices of NIfTI/NRRD/MetaImage volumes, written once per volume

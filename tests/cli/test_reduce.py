@@ -222,6 +222,19 @@ def test_warnings_and_completeness_are_reported(tmp_path, capsys):
     assert "warning: one: single-slice" in capsys.readouterr().out
 
 
+def test_dicom_reader_warnings_go_to_the_record(tmp_path, recwarn):
+    from tests.io.conftest import random_volume, write_series
+
+    series = tmp_path / "series"
+    write_series(series, random_volume(np.random.default_rng(0), (7, 16, 16)))
+    (series / "slice003.dcm").unlink()  # a missing slice: a gap in positions
+    assert main(["reduce", str(series), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "out" / "records" / "series.json").read_text())
+    assert any("missing" in w for w in record["warnings"]), record["warnings"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["volumes"]["series"]["warnings"] == record["warnings"]
+
+
 def test_nan_volume_is_named_by_the_dataset_filter_too(tmp_path):
     import nibabel as nib
 

@@ -24,7 +24,8 @@ class LoadSlice(Transform):
     ``render`` the 8-bit rendering the reduction used.
 
     Args:
-        order: slice order of slice folders: ``"index"`` or ``"filename"``.
+        order: slice order: ``"index"`` (anatomical), ``"filename"`` (slice folders: the authors' string sort) or
+            ``"instance"`` (DICOM: InstanceNumber).
         render: ``None`` (values as stored), ``"minmax"`` (per-slice min-max to 0..255, as the authors' PNGs) or an
             HU window ``[low, high]`` to 0..255.
         dtype: output dtype, by name (``"float32"``, JSON-friendly for bundle configs) or as a ``torch.dtype``.
