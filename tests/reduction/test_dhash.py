@@ -51,9 +51,15 @@ def _imagehash_hex(img: np.ndarray, hash_size: int = 8) -> str:
     return str(imagehash.dhash(Image.fromarray(img), hash_size=hash_size))
 
 
-@pytest.fixture(params=["int8", "float32"])
+@pytest.fixture(params=["compiled", "int8", "float32"])
 def backend(request, monkeypatch):
-    """Run a test with the torch int8 product and again with the numpy float32 fallback."""
+    """Run a test with the compiled (numba) kernel, then with the torch int8 product and the numpy float32
+    fallback that run without numba."""
+    if request.param == "compiled":
+        if dhash_module._compiled_resample() is None:
+            pytest.skip("numba is not importable here")
+        return request.param
+    monkeypatch.setattr(dhash_module, "_compiled_resample", lambda: None)
     if request.param == "float32":
         monkeypatch.setattr(dhash_module, "_torch_int8_matmul", lambda: None)
     elif dhash_module._torch_int8_matmul() is None:
@@ -95,6 +101,38 @@ def test_dhash_equals_imagehash(shape, kind, backend):
     assert hash_to_hex(dhash(images)) == expected
     assert hash_to_hex(dhash(torch.from_numpy(images))) == expected  # torch input
     assert hash_to_hex(dhash(images[1])) == expected[1:2]  # a single (H, W) image
+
+
+@pytest.mark.parametrize("size", [512, 511, 257, 64, 7])
+def test_compiled_kernel_near_rounding_boundaries(size, backend):
+    """Random images put many float32 sums next to a rounding boundary: the exact float64 re-sum must take over.
+    Also images of 0/255 only (the largest partial sums) and 16-bit / float data rendered to 8 bit first."""
+    rng = np.random.default_rng(size)
+    images = [rng.integers(0, 256, (size, size), dtype=np.uint8) for _ in range(6)]
+    images.append((rng.random((size, size)) < 0.5).astype(np.uint8) * 255)
+    images.append(np.full((size, size), 255, dtype=np.uint8))
+    from monai_lessmore.reduction.preprocess import to_uint8
+
+    images.append(to_uint8(rng.integers(0, 65536, (size, size)).astype(np.uint16)))
+    images.append(to_uint8(rng.normal(0, 500, (size, size)).astype(np.float32)))
+    stack = np.stack(images)
+    assert hash_to_hex(dhash(stack)) == [_imagehash_hex(img) for img in images]
+    for img, out in zip(images, pillow_lanczos_resize_u8(stack, (33, 31))):
+        np.testing.assert_array_equal(out, _pil_resize(img, (33, 31)))
+
+
+def test_float32_error_bound_covers_every_window():
+    """The bound that decides when a float32 window sum is trusted must exceed the actual error of that sum for
+    the worst input (all 255: every product at its largest), summed in the least favourable simple order."""
+    for in_size, out_size in ((512, 9), (512, 8), (4096, 9), (7, 600)):
+        start, length, w32, w64, bound = dhash_module._window_weights(in_size, out_size)
+        for j in range(out_size):
+            terms = 255.0 * w64[j, : length[j]]
+            exact = terms.sum()
+            acc = np.float32(0)
+            for t in np.sort(terms)[::-1]:  # largest first: the error grows fastest
+                acc = np.float32(acc + np.float32(t))
+            assert abs(float(acc) - exact) <= bound[j]
 
 
 def test_dhash_non_contiguous_input():
