@@ -194,7 +194,7 @@ def process_volume(
     with warnings.catch_warnings():
         # the reader's warnings (DICOM position gaps, missing rescale) go to the record and the summary instead
         warnings.simplefilter("ignore", UserWarning)
-        vol = load_volume(source, order=order).require_finite()
+        vol = load_volume(source, order=order, lazy=True).require_finite()
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
     out = Path(out_dir)
     if export == "png":

@@ -83,7 +83,7 @@ def detect_volume_kind(path: str | os.PathLike) -> tuple[_Kind, tuple[str, str] 
     raise VolumeReadError(f"{p}: no such file or folder (nor a '<slice folder>/<volume id>' address)")
 
 
-def load_volume(path: str | os.PathLike, *, order: str = "index") -> Volume:
+def load_volume(path: str | os.PathLike, *, order: str = "index", lazy: bool = False) -> Volume:
     """Read a CT volume as an axial ``(S, H, W)`` ``float32`` stack, slices inferior -> superior.
 
     Args:
@@ -94,6 +94,8 @@ def load_volume(path: str | os.PathLike, *, order: str = "index") -> Volume:
             ``"filename"``, slice folders in the authors' plain string sort of file names (``_10`` before ``_9``),
             and ``"instance"``, DICOM series by InstanceNumber. An order that does not apply to a format leaves it
             in its anatomical order (NIfTI/NRRD/MetaImage have only that one).
+        lazy: NIfTI files keep their voxels in the stored dtype and order until ``array`` is used
+            (:class:`~monai_lessmore.io.nifti.LazyNiftiVolume`; the reducer renders them slice by slice). Same values.
 
     Returns:
         :class:`~monai_lessmore.io.volume.Volume`.
@@ -105,7 +107,7 @@ def load_volume(path: str | os.PathLike, *, order: str = "index") -> Volume:
     validate_order(order)
     kind, address = detect_volume_kind(path)
     if kind == "nifti":
-        return load_nifti(path)
+        return load_nifti(path, lazy=lazy)
     if kind == "itk":
         return load_itk(path)
     if kind == "dicom":

@@ -31,11 +31,12 @@ __all__ = ["cpu_kernel", "map_rows", "resolve_threads"]
 _FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
 
 
-def cpu_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+def cpu_kernel(fn: Callable[..., Any], *, exact: bool = False) -> Callable[..., Any]:
     """``fn`` compiled with the shared numba settings on its first call.
 
     numba is imported only then, so importing the measures (or running them on a GPU) does not need it.
-    ``kernel.py_func`` is the plain Python function.
+    ``kernel.py_func`` is the plain Python function. ``exact=True`` compiles without ``fastmath`` (IEEE division
+    and evaluation order as written), for kernels whose float results must equal numpy's to the bit.
     """
     lock = threading.Lock()
     compiled: list[Callable[..., Any]] = []
@@ -47,7 +48,8 @@ def cpu_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if not compiled:
                     from numba import njit
 
-                    compiled.append(njit(nogil=True, cache=True, error_model="numpy", fastmath=set(_FASTMATH))(fn))
+                    fastmath = False if exact else set(_FASTMATH)
+                    compiled.append(njit(nogil=True, cache=True, error_model="numpy", fastmath=fastmath)(fn))
         return compiled[0](*args)
 
     kernel.py_func = fn  # type: ignore[attr-defined]

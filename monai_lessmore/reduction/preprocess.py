@@ -7,11 +7,132 @@ the one place where slices are rendered to 8 bit. An HU window is offered as an 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["to_uint8", "validate_window", "validate_size", "resize_uint8"]
+__all__ = ["StoredStack", "to_uint8", "validate_window", "validate_size", "resize_uint8"]
+
+#: float32 holds every integer of magnitude <= 2**24 exactly
+_FLOAT32_EXACT_INT = 1 << 24
+
+
+class StoredStack:
+    """The slices of a volume in their stored dtype and order, rendered or scaled slice by slice.
+
+    Readers that can hand out their voxels without converting them (:func:`monai_lessmore.io.nifti.load_nifti`
+    with ``lazy=True``) return this instead of a whole-volume float32 copy: :func:`to_uint8` renders it in bounded
+    chunks, and :meth:`chunk` gives the float32 values of any slices, equal to the reader's float32 array.
+
+    Args:
+        raw: ``(S, H, W)`` view of the stored voxels (any strides, any numeric dtype), slice axis first.
+        scale: maps a chunk of ``raw`` to its real values elementwise (e.g. nibabel's ``scl_slope``/``scl_inter``),
+            or ``None`` when the stored values are the real values.
+        offset: when the real values are ``raw + offset`` for an integer ``offset`` and an integer ``raw`` of at
+            most 16 bits (every value exact in float32), that offset; enables the compiled rendering straight from
+            the stored integers. ``None`` otherwise.
+    """
+
+    def __init__(self, raw: np.ndarray, scale: Any = None, offset: int | None = None) -> None:
+        if raw.ndim != 3:
+            raise ValueError(f"a stored stack must be (S, H, W), got shape {raw.shape}")
+        self.raw = raw
+        self.scale = scale
+        if offset is not None and not (raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.dtype.isnative):
+            offset = None
+        self.offset = offset
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.raw.shape)  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return int(self.raw.shape[0])
+
+    def chunk(self, start: int, stop: int) -> np.ndarray:
+        """``float32`` real values of slices ``start:stop``."""
+        block = self.raw[start:stop]
+        if self.scale is not None:
+            block = self.scale(block)
+        return np.asarray(block, dtype=np.float32)
+
+    def to_array(self) -> np.ndarray:
+        """The whole stack as a C-contiguous ``float32`` array (what the reader's eager path returns)."""
+        block = self.raw if self.scale is None else self.scale(self.raw)
+        return np.ascontiguousarray(block, dtype=np.float32)
+
+    def count_nonfinite(self) -> int:
+        """NaN/Inf values among the real values, counted chunk by chunk."""
+        if self.offset is not None or (self.scale is None and self.raw.dtype.kind in "iub"):
+            return 0
+        step = _chunk_slices(self.raw.shape)
+        bad = 0
+        for i in range(0, len(self), step):
+            values = self.chunk(i, i + step)
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+        return bad
+
+
+def _chunk_slices(shape: tuple[int, ...]) -> int:
+    """Slices per chunk so that a float64 chunk stays near 8 MiB."""
+    return max(1, (8 << 20) // max(1, 8 * int(shape[1]) * int(shape[2])))
+
+
+def _render_offset_kernel(raw, out, lut):  # pragma: no cover - compiled
+    """Per-slice min-max rendering of integer slices (the real values are ``raw + offset``, and min-max scaling
+    does not see the offset): ``out = rint((v - min) / span * 255)`` through a per-slice lookup table built with
+    the same float64 expression as :func:`_minmax_lut` (compiled without fastmath: IEEE division, same rounding)."""
+    for s in range(raw.shape[0]):
+        lo = raw[s, 0, 0]
+        hi = lo
+        for h in range(raw.shape[1]):
+            for w in range(raw.shape[2]):
+                v = raw[s, h, w]
+                if v < lo:
+                    lo = v
+                elif v > hi:
+                    hi = v
+        span = np.int64(hi) - np.int64(lo)
+        fspan = 1.0 if span == 0 else np.float64(span)
+        for k in range(span + 1):
+            lut[k] = np.uint8(np.rint(np.float64(k) / fspan * 255.0))
+        base = np.int64(lo)
+        for h in range(raw.shape[1]):
+            for w in range(raw.shape[2]):
+                out[s, h, w] = lut[np.int64(raw[s, h, w]) - base]
+
+
+_RENDER_KERNEL: list[Any] = []
+
+
+def _render_kernel() -> Any:
+    if not _RENDER_KERNEL:
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            _RENDER_KERNEL.append(None)
+        else:
+            from monai_lessmore.reduction._jit import cpu_kernel
+
+            _RENDER_KERNEL.append(cpu_kernel(_render_offset_kernel, exact=True))
+    return _RENDER_KERNEL[0]
+
+
+def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> np.ndarray:
+    """:func:`to_uint8` of a :class:`StoredStack`: straight from the stored integers when it can be (min-max
+    rendering of ``raw + offset``), else chunk by chunk through its float32 values. Equal either way to
+    ``to_uint8(stack.to_array())``: every step is per slice (min-max) or per voxel (window)."""
+    out = np.empty(stack.shape, dtype=np.uint8)
+    kernel = _render_kernel() if window is None and stack.offset is not None else None
+    if kernel is not None:
+        lut = np.empty(1 << 16, dtype=np.uint8)
+        kernel(stack.raw, out, lut)
+        return out
+    step = _chunk_slices(stack.shape)
+    for i in range(0, len(stack), step):
+        out[i : i + step] = to_uint8(stack.chunk(i, i + step), window=window)
+    return out
+
 
 
 def validate_window(window: Sequence[float] | None) -> tuple[float, float] | None:
@@ -40,8 +161,9 @@ def to_uint8(slices: np.ndarray, *, window: Sequence[float] | None = None) -> np
     even, :func:`numpy.rint`).
 
     Args:
-        slices: ``(H, W)`` or ``(S, H, W)`` array of real values (HU), slice axis first. ``uint8`` input is
-            scaled like any other input: pass already-rendered images straight to the hash instead.
+        slices: ``(H, W)`` or ``(S, H, W)`` array of real values (HU), slice axis first, or a
+            :class:`StoredStack` (rendered in bounded chunks, without a whole-volume float copy). ``uint8`` input
+            is scaled like any other input: pass already-rendered images straight to the hash instead.
         window: optional HU window ``(low, high)``.
 
     Returns:
@@ -50,6 +172,8 @@ def to_uint8(slices: np.ndarray, *, window: Sequence[float] | None = None) -> np
     Raises:
         ValueError: for arrays that are not 2D/3D, or that hold NaN/Inf (the message gives the count).
     """
+    if isinstance(slices, StoredStack):
+        return _stored_to_uint8(slices, validate_window(window))
     arr = np.asarray(slices)
     if arr.ndim not in (2, 3):
         raise ValueError(f"slices must be a 2D slice (H, W) or a stack (S, H, W), got shape {arr.shape}")
@@ -73,7 +197,7 @@ def to_uint8(slices: np.ndarray, *, window: Sequence[float] | None = None) -> np
             return _minmax_lut(stack, lo, span, out)[0] if squeeze else _minmax_lut(stack, lo, span, out)
         lo, span = lo[:, None, None], span[:, None, None]
     # chunks of slices bound the float64 temporaries (~8 MiB) whatever the volume size
-    step = max(1, (8 << 20) // max(1, 8 * stack.shape[1] * stack.shape[2]))
+    step = _chunk_slices(stack.shape)
     for i in range(0, stack.shape[0], step):
         chunk = stack[i : i + step].astype(np.float64)
         if win is not None:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from monai_lessmore.reduction.methods import get_method, pairwise_scores, validate_threshold
-from monai_lessmore.reduction.preprocess import resize_uint8, to_uint8, validate_size, validate_window
+from monai_lessmore.reduction.preprocess import StoredStack, resize_uint8, to_uint8, validate_size, validate_window
 from monai_lessmore.reduction.selection import (
     select_all,
     select_every_n,
@@ -242,13 +242,18 @@ class SliceReducer:
         """8-bit slices for the similarity measures.
 
         Args:
-            slices: ``(S, H, W)`` HU values (or already-rendered 8-bit values when ``rendered``), or a list of 2D
-                slices that may differ in size (slice folders with mixed image sizes).
+            slices: ``(S, H, W)`` HU values (or already-rendered 8-bit values when ``rendered``), a
+                :class:`~monai_lessmore.reduction.preprocess.StoredStack` (a lazy reader's stored voxels), or a
+                list of 2D slices that may differ in size (slice folders with mixed image sizes).
             rendered: the slices are already the authors' 8-bit images (slice folders): used as they are.
 
         Returns:
             A ``(S, H, W)`` uint8 array, or a list of 2D uint8 slices for a list of mixed sizes.
         """
+        if isinstance(slices, StoredStack):  # stored voxels (lazy readers): rendered chunk by chunk
+            if rendered:
+                raise ValueError("a stored stack holds real values (HU), not 8-bit renderings; pass rendered=False")
+            return to_uint8(slices, window=self.window)
         if not isinstance(slices, np.ndarray) and not hasattr(slices, "shape"):
             items = [np.asarray(s) for s in slices]
             if any(s.ndim != 2 for s in items):
