@@ -8,14 +8,40 @@ patient right -> left). See :mod:`monai_lessmore.io.orientation` for the convent
 
 from __future__ import annotations
 
-from monai_lessmore.io.dicom import dicom_series_files, is_dicom_file, load_dicom_series, read_dicom_slice
-from monai_lessmore.io.discover import discover_volumes
+import importlib
+from typing import Any
+
 from monai_lessmore.io.image2d import IMAGE_SUFFIXES, ImageReadError, read_image_2d, read_raster
-from monai_lessmore.io.itk_reader import load_itk
 from monai_lessmore.io.load import SUPPORTED_FORMATS, detect_volume_kind, load_volume, read_slice
-from monai_lessmore.io.nifti import load_nifti, read_nifti_slice
-from monai_lessmore.io.slice_folder import load_slice_volume, read_slice_volume_slice, scan_slice_folder
 from monai_lessmore.io.volume import Volume, VolumeReadError
+
+# Imported on first use (PEP 562): pydicom is slow to import and a NIfTI-only run never needs it.
+_LAZY = {
+    "dicom_series_files": "dicom",
+    "is_dicom_file": "dicom",
+    "load_dicom_series": "dicom",
+    "read_dicom_slice": "dicom",
+    "discover_volumes": "discover",
+    "load_itk": "itk_reader",
+    "load_nifti": "nifti",
+    "read_nifti_slice": "nifti",
+    "load_slice_volume": "slice_folder",
+    "read_slice_volume_slice": "slice_folder",
+    "scan_slice_folder": "slice_folder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"monai_lessmore.io.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Volume",

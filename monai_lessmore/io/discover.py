@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 
-from monai_lessmore.io.dicom import is_dicom_file
 from monai_lessmore.io.itk_reader import is_itk_path
 from monai_lessmore.io.load import detect_volume_kind
 from monai_lessmore.io.nifti import is_nifti_path
@@ -41,6 +40,12 @@ def is_output_folder(folder: str | os.PathLike) -> bool:
         and os.path.isfile(os.path.join(folder, "summary.json"))
         and os.path.isdir(os.path.join(folder, "records"))
     )
+
+
+def _is_dicom_file(path: str) -> bool:
+    from monai_lessmore.io.dicom import is_dicom_file  # pydicom: imported only when a file may be DICOM
+
+    return is_dicom_file(path)
 
 
 def discover_volumes(root: str | os.PathLike) -> list[str]:
@@ -84,7 +89,7 @@ def discover_volumes(root: str | os.PathLike) -> list[str]:
                 found.append(path)
             elif match := SLICE_NAME_PATTERN.match(name):
                 slice_volumes.add(match["volume"])
-            elif not has_dicom and (name.lower().endswith(".dcm") or is_dicom_file(path)):
+            elif not has_dicom and (name.lower().endswith(".dcm") or _is_dicom_file(path)):
                 has_dicom = True
         if has_dicom:
             found.append(folder)

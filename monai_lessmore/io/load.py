@@ -10,11 +10,10 @@ whose volumes are addressed as ``"<folder>/<volume id>"``. Every reader returns 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from monai_lessmore.io.dicom import folder_has_dicom, is_dicom_file, load_dicom_series, read_dicom_slice
 from monai_lessmore.io.itk_reader import is_itk_path, load_itk
 from monai_lessmore.io.nifti import is_nifti_path, load_nifti, read_nifti_slice
 from monai_lessmore.io.slice_folder import (
@@ -37,6 +36,14 @@ SUPPORTED_FORMATS = (
 _Kind = Literal["nifti", "itk", "dicom", "slices"]
 
 
+def _dicom() -> Any:
+    """:mod:`monai_lessmore.io.dicom`, imported when a path is not NIfTI/ITK: pydicom takes a while to import,
+    and ``lessmore reduce`` on NIfTI files never needs it."""
+    from monai_lessmore.io import dicom
+
+    return dicom
+
+
 def detect_volume_kind(path: str | os.PathLike) -> tuple[_Kind, tuple[str, str] | None]:
     """Which reader handles ``path``: ``(kind, (folder, volume id) for slice volumes else None)``.
 
@@ -52,7 +59,7 @@ def detect_volume_kind(path: str | os.PathLike) -> tuple[_Kind, tuple[str, str] 
             return "itk", None
         name = os.path.basename(p)
         parent = os.path.dirname(p) or "."
-        if p.lower().endswith(".dcm") or is_dicom_file(p):
+        if p.lower().endswith(".dcm") or _dicom().is_dicom_file(p):
             raise VolumeReadError(
                 f"{p}: is a single DICOM file; pass the folder holding its whole series instead ({parent})"
             )
@@ -64,7 +71,7 @@ def detect_volume_kind(path: str | os.PathLike) -> tuple[_Kind, tuple[str, str] 
             )
         raise VolumeReadError(f"{p}: unsupported file type; supported: {SUPPORTED_FORMATS}")
     if os.path.isdir(p):
-        if folder_has_dicom(p):
+        if _dicom().folder_has_dicom(p):
             return "dicom", None
         address = resolve_slice_volume(p)
         if address is not None:
@@ -111,7 +118,7 @@ def load_volume(path: str | os.PathLike, *, order: str = "index", lazy: bool = F
     if kind == "itk":
         return load_itk(path)
     if kind == "dicom":
-        return load_dicom_series(path, order=_dicom_order(order))
+        return _dicom().load_dicom_series(path, order=_dicom_order(order))
     folder, volume_id = address  # type: ignore[misc]
     return load_slice_volume(folder, volume_id, order=order)
 
@@ -143,7 +150,7 @@ def read_slice(path: str | os.PathLike, index: int, *, order: str = "index") -> 
     if kind == "nifti":
         return read_nifti_slice(path, index)
     if kind == "dicom":
-        return read_dicom_slice(path, index, order=_dicom_order(order))
+        return _dicom().read_dicom_slice(path, index, order=_dicom_order(order))
     if kind == "itk":
         array = load_itk(path).array
         if not -len(array) <= index < len(array):

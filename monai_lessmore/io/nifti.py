@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import threading
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +150,10 @@ def nifti_volume_name(path: str | os.PathLike) -> str:
     return name
 
 
-def _open(path: str) -> tuple[Any, tuple[int, ...]]:
+def _open(path: str, keep_file_open: bool = False) -> tuple[Any, tuple[int, ...]]:
     """Load the header and check the shape; returns the image and the index of extra (size-1) dimensions."""
     try:
-        img = nib.load(path)
+        img = nib.load(path, keep_file_open=keep_file_open)
     except _READ_ERRORS as err:
         raise VolumeReadError(
             f"{path}: not a readable NIfTI file ({type(err).__name__}: {err}); check that the file is complete and "
@@ -256,8 +258,7 @@ def read_nifti_slice(path: str | os.PathLike, index: int) -> np.ndarray:
         VolumeReadError: as :func:`load_nifti`.
     """
     path = os.fspath(path)
-    img, extra = _open(path)
-    orientation = _orientation(img, path)
+    img, extra, orientation = _open_for_slices(path)
     axis = orientation["slice_axis"]
     num = orientation["original_shape"][axis]
     if not -num <= index < num:
@@ -267,6 +268,36 @@ def read_nifti_slice(path: str | os.PathLike, index: int) -> np.ndarray:
     key[axis] = slice(stored, stored + 1)
     block = _read(img, tuple(key) + extra, path)
     return np.ascontiguousarray(apply_axial_orientation(block, orientation)[0], dtype=np.float32)
+
+
+#: images opened for slice reads, most recent last: ``(path, mtime, size, pid) -> (img, extra, orientation)``
+_OPEN_FOR_SLICES: "OrderedDict[tuple, tuple]" = OrderedDict()
+_OPEN_FOR_SLICES_MAX = 8
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_for_slices(path: str) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
+    """The image of ``path`` kept open between slice reads (a few files, least recently used closed first).
+
+    nibabel reads ``.nii.gz`` through ``indexed_gzip`` when it is installed; with the file kept open its index of
+    seek points persists, so a later slice is decompressed from the nearest point before it instead of from the
+    start of the file. The key holds the file's modification time and size (a rewritten file is opened again)
+    and the process id (a forked worker never shares its parent's file position).
+    """
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size, os.getpid())
+    with _OPEN_LOCK:
+        hit = _OPEN_FOR_SLICES.get(key)
+        if hit is not None:
+            _OPEN_FOR_SLICES.move_to_end(key)
+            return hit
+    img, extra = _open(path, keep_file_open=True)
+    entry = (img, extra, _orientation(img, path))
+    with _OPEN_LOCK:
+        _OPEN_FOR_SLICES[key] = entry
+        while len(_OPEN_FOR_SLICES) > _OPEN_FOR_SLICES_MAX:
+            _OPEN_FOR_SLICES.popitem(last=False)  # nibabel's proxy closes its file when it is collected
+    return entry
 
 
 def _orientation(img: Any, path: str) -> dict[str, Any]:

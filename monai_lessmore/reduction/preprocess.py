@@ -86,20 +86,20 @@ def _render_offset_kernel(raw, out, lut):  # pragma: no cover - compiled
         lo = raw[s, 0, 0]
         hi = lo
         for h in range(raw.shape[1]):
-            for w in range(raw.shape[2]):
-                v = raw[s, h, w]
-                if v < lo:
-                    lo = v
-                elif v > hi:
-                    hi = v
+            row = raw[s, h]
+            for w in range(row.shape[0]):
+                lo = min(lo, row[w])
+                hi = max(hi, row[w])
         span = np.int64(hi) - np.int64(lo)
         fspan = 1.0 if span == 0 else np.float64(span)
         for k in range(span + 1):
             lut[k] = np.uint8(np.rint(np.float64(k) / fspan * 255.0))
         base = np.int64(lo)
         for h in range(raw.shape[1]):
-            for w in range(raw.shape[2]):
-                out[s, h, w] = lut[np.int64(raw[s, h, w]) - base]
+            row = raw[s, h]
+            dst = out[s, h]
+            for w in range(row.shape[0]):
+                dst[w] = lut[np.int64(row[w]) - base]
 
 
 _RENDER_KERNEL: list[Any] = []
@@ -125,8 +125,17 @@ def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> 
     out = np.empty(stack.shape, dtype=np.uint8)
     kernel = _render_kernel() if window is None and stack.offset is not None else None
     if kernel is not None:
+        # Min-max rendering is per slice and per voxel, so any flip or order of the in-slice axes gives the same
+        # pixels: walk the stored voxels in memory order (positive strides, the fastest axis last; for the usual
+        # (x, y, z) file each slice is then one contiguous block) and write through the same flips into ``out``.
+        raw, dst = stack.raw, out
+        for axis in range(3):
+            if raw.strides[axis] < 0:
+                raw, dst = np.flip(raw, axis), np.flip(dst, axis)
+        if abs(raw.strides[1]) < abs(raw.strides[2]):
+            raw, dst = raw.transpose(0, 2, 1), dst.transpose(0, 2, 1)
         lut = np.empty(1 << 16, dtype=np.uint8)
-        kernel(stack.raw, out, lut)
+        kernel(raw, dst, lut)
         return out
     step = _chunk_slices(stack.shape)
     for i in range(0, len(stack), step):

@@ -158,3 +158,99 @@ def test_real_nifti(name, shape):
     assert float(vol.array.max()) > 1000  # bone / contrast in HU
     for index in (0, shape[0] // 2, shape[0] - 1):
         np.testing.assert_array_equal(read_slice(path, index), vol.array[index])
+
+
+# ---------------------------------------------------------------- stored-dtype reading (lazy volumes, fast gzip)
+def _eager_reference(path) -> np.ndarray:
+    """What the reader returned before it read the voxels itself: nibabel's scaled array, reoriented, float32."""
+    from monai_lessmore.io.orientation import apply_axial_orientation, axial_orientation
+
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj)
+    data = data.reshape(data.shape[:3])
+    return np.ascontiguousarray(apply_axial_orientation(data, axial_orientation(img.affine, data.shape)), np.float32)
+
+
+_AFFINES = {
+    "ras": np.diag([1.0, 1.0, 2.0, 1.0]),
+    "lps": np.diag([-1.0, -1.0, 2.0, 1.0]),
+    "zyx": np.array([[0, 0, 1.0, 0], [0, 1.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]]),
+    "coronal": np.array([[1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1]]),
+}
+
+
+@pytest.mark.parametrize("orient", sorted(_AFFINES))
+@pytest.mark.parametrize(
+    "dtype, slope, inter",
+    [("int16", 1.0, 0.0), ("int16", 1.0, -1024.0), ("int16", 0.5, -1000.25), ("uint8", 1.0, 0.0),
+     ("uint16", 2.0, -1024.0), ("float32", 1.0, 0.0), (">i2", 1.0, 0.0), ("int32", 1.0, 0.0)],
+)
+def test_lazy_volume_equals_nibabel_and_renders_the_same(tmp_path, rng, orient, dtype, slope, inter):
+    from monai_lessmore.io.nifti import LazyNiftiVolume
+    from monai_lessmore.reduction import SliceReducer
+    from monai_lessmore.reduction.preprocess import StoredStack, to_uint8
+
+    data = rng.integers(-1000, 2000, (9, 7, 5)) if dtype not in ("uint8", "uint16") else rng.integers(0, 250, (9, 7, 5))
+    data[..., 1] = 3  # a constant slice (for the axial files)
+    img = nib.Nifti1Image(data.astype(dtype), _AFFINES[orient])
+    img.header.set_slope_inter(slope, inter)
+    path = tmp_path / f"v_{orient}.nii.gz"
+    nib.save(img, str(path))
+    expected = _eager_reference(path)
+    eager, lazy = load_nifti(path), load_nifti(path, lazy=True)
+    np.testing.assert_array_equal(eager.array, expected)
+    assert isinstance(lazy, LazyNiftiVolume) and isinstance(lazy.slices(), StoredStack)
+    assert lazy.num_slices == eager.num_slices and lazy.meta["nonfinite_voxels"] == 0
+    np.testing.assert_array_equal(to_uint8(lazy.slices()), to_uint8(expected))
+    np.testing.assert_array_equal(to_uint8(lazy.slices(), window=(-500, 800)), to_uint8(expected, window=(-500, 800)))
+    a, b = SliceReducer().reduce(lazy.slices()), SliceReducer().reduce(expected)
+    assert a.kept.tolist() == b.kept.tolist() and a.hashes == b.hashes
+    np.testing.assert_array_equal(lazy.array, expected)  # made on first access, equal to the eager array
+    assert lazy.array.dtype == np.float32 and lazy.array.flags.c_contiguous
+
+
+def test_stored_reading_without_isal_gives_the_same_bytes(tmp_path, rng, monkeypatch):
+    """ISA-L's gzip and the standard library's give the same voxels; without isal the standard library is used."""
+    import builtins
+
+    import monai_lessmore.io.nifti as nifti
+
+    path = write_nifti(tmp_path / "v.nii.gz", random_volume(rng, (6, 8, 10)).astype(np.int16))
+    with_default = load_nifti(path).array
+    real_import = builtins.__import__
+
+    def no_isal(name, *args, **kwargs):
+        if name == "isal" or name.startswith("isal."):
+            raise ImportError("isal hidden for this test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_isal)
+    with nifti.open_gzip(str(path)) as fh:
+        assert isinstance(fh, gzip.GzipFile)
+    np.testing.assert_array_equal(load_nifti(path).array, with_default)
+    np.testing.assert_array_equal(with_default, _eager_reference(path))
+
+
+def test_nonfinite_counted_on_stored_floats(tmp_path):
+    data = np.zeros((4, 4, 3), dtype=np.float32)
+    data[0, 0, 0], data[1, 1, 1] = np.nan, np.inf
+    path = write_nifti(tmp_path / "nan.nii.gz", data)
+    assert load_nifti(path, lazy=True).meta["nonfinite_voxels"] == 2
+    with pytest.raises(VolumeReadError, match="2 NaN/Inf"):
+        load_nifti(path, lazy=True).require_finite()
+
+
+def test_slice_reads_reopen_a_rewritten_file(tmp_path, rng):
+    """Slice reads keep the file open (indexed_gzip's seek index persists); a file rewritten in place is read anew."""
+    path = tmp_path / "v.nii.gz"
+    first = random_volume(rng, (5, 6, 7))
+    write_nifti(path, np.ascontiguousarray(_ras_xyz(first)))
+    np.testing.assert_array_equal(read_nifti_slice(path, 3), first[3])
+    second = first + 100
+    write_nifti(path, np.ascontiguousarray(_ras_xyz(second)))
+    import os
+
+    os.utime(path, ns=(1, 1))  # a different modification time even on coarse-clock file systems
+    np.testing.assert_array_equal(read_nifti_slice(path, 3), second[3])
+    for i in (4, 0, 2, -1):
+        np.testing.assert_array_equal(read_nifti_slice(path, i), second[i])
