@@ -23,7 +23,7 @@ from monai_lessmore.reduction.selection import (
     target_count,
 )
 
-__all__ = ["SliceReducer", "ReductionResult", "ALGORITHMS"]
+__all__ = ["SliceReducer", "ReductionResult", "ReductionSettings", "ALGORITHMS"]
 
 ALGORITHMS = ("leader", "greedy")
 
@@ -109,6 +109,147 @@ class ReductionResult:
         return m
 
 
+@dataclass(frozen=True)
+class ReductionSettings:
+    """The validated settings of a :class:`SliceReducer` (see it for each argument).
+
+    :meth:`validate` checks what every method shares (target fraction/count, algorithm, window, device, bins,
+    ``mixed_size``), then the method's own rules (:meth:`_check_all`, :meth:`_check_everyn`,
+    :meth:`_check_similarity`), and fills in the defaults the paper used.
+    """
+
+    method: str
+    threshold: float | None
+    fraction: float | None
+    count: int | None
+    algorithm: str
+    every_n: int | None
+    window: tuple[float, float] | None
+    device: str
+    bins: int
+    deepnet_weights: Any
+    mixed_size: tuple[int, int] | None
+
+    @classmethod
+    def validate(
+        cls,
+        *,
+        method: str,
+        threshold: float | None,
+        fraction: float | None,
+        count: int | None,
+        algorithm: str | None,
+        every_n: int | None,
+        window: Sequence[float] | None,
+        device: str,
+        bins: int,
+        deepnet_weights: Any,
+        mixed_size: int | Sequence[int] | None,
+    ) -> "ReductionSettings":
+        """Check the arguments and return the settings.
+
+        Raises:
+            ValueError: for settings that do not fit together, naming the argument and the fix.
+        """
+        spec = get_method(method)
+        fraction, count = cls._check_target(fraction, count)
+        targeted = fraction is not None or count is not None
+        check = {"all": cls._check_all, "everyn": cls._check_everyn}.get(spec.name, cls._check_similarity)
+        threshold, every_n = check(spec, threshold, every_n, targeted)
+        algorithm = cls._check_algorithm(algorithm, threshold, targeted)
+        window_ = validate_window(window)
+        device_ = cls._check_device(device)
+        bins_ = cls._check_bins(bins)
+        if spec.name == "deepnet":
+            _check_deepnet_weights(deepnet_weights)
+        mixed = validate_size(mixed_size)
+        if spec.name == "ssim" and mixed is not None and min(mixed) < 11:
+            raise ValueError(
+                f"mixed_size {mixed} is smaller than SSIM's 11x11 window; pass --mixed-size of at least "
+                "11x11 (e.g. 256x256)"
+            )
+        return cls(
+            method=spec.name,
+            threshold=threshold,
+            fraction=fraction,
+            count=count,
+            algorithm=algorithm,
+            every_n=None if every_n is None else int(every_n),
+            window=window_,
+            device=device_,
+            bins=bins_,
+            deepnet_weights=deepnet_weights,
+            mixed_size=mixed,
+        )
+
+    @staticmethod
+    def _check_target(fraction: float | None, count: int | None) -> tuple[float | None, int | None]:
+        if fraction is not None and count is not None:
+            raise ValueError(f"give fraction or count, not both (got fraction={fraction!r}, count={count!r})")
+        if fraction is not None:
+            target_count(1, fraction=fraction)  # validates the range
+        if count is not None:
+            target_count(1, count=count)
+        return (None if fraction is None else float(fraction)), (None if count is None else int(count))
+
+    @staticmethod
+    def _check_all(spec: Any, threshold: Any, every_n: Any, targeted: bool) -> tuple[None, None]:
+        if threshold is not None or targeted or every_n is not None:
+            raise ValueError("method 'all' keeps every slice and takes no threshold, fraction, count or every_n")
+        return None, None
+
+    @staticmethod
+    def _check_everyn(spec: Any, threshold: Any, every_n: Any, targeted: bool) -> tuple[None, int | None]:
+        if threshold is not None:
+            raise ValueError("method 'everyn' takes every_n or fraction/count, not threshold")
+        if every_n is not None and targeted:
+            raise ValueError("give every_n or fraction/count for method 'everyn', not both")
+        if every_n is None and not targeted:
+            every_n = 10
+        if every_n is not None:
+            select_every_n(1, n=every_n)  # validates
+        return None, every_n
+
+    @staticmethod
+    def _check_similarity(spec: Any, threshold: Any, every_n: Any, targeted: bool) -> tuple[float | None, None]:
+        if every_n is not None:
+            raise ValueError(f"every_n applies to method 'everyn' only, not {spec.name!r}")
+        if threshold is None and not targeted:
+            if spec.default_threshold is None:
+                raise ValueError(
+                    f"method {spec.name!r} needs a threshold (scale {spec.threshold_range}) or a fraction"
+                )
+            threshold = spec.default_threshold
+        if threshold is not None:
+            threshold = validate_threshold(spec, threshold)
+        return threshold, None
+
+    @staticmethod
+    def _check_algorithm(algorithm: str | None, threshold: Any, targeted: bool) -> str:
+        if algorithm is None:
+            algorithm = "greedy" if targeted and threshold is None else "leader"
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+        if algorithm == "leader" and threshold is not None and targeted:
+            raise ValueError(
+                "the leader algorithm takes a threshold or a target fraction/count, not both; "
+                "use algorithm='greedy' to stop at whichever comes first"
+            )
+        return algorithm
+
+    @staticmethod
+    def _check_device(device: Any) -> str:
+        if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
+        return str(device)
+
+    @staticmethod
+    def _check_bins(bins: Any) -> int:
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+            raise ValueError(f"bins must be an integer >= 2 for MI histograms, got {bins!r}")
+        return int(bins)
+
+
 class SliceReducer:
     """Remove near-duplicate slices within one volume.
 
@@ -148,70 +289,32 @@ class SliceReducer:
         deepnet_weights: str | None = "imagenet",
         mixed_size: int | Sequence[int] | None = None,
     ) -> None:
-        self.spec = get_method(method)
-        self.method = self.spec.name
-        if fraction is not None and count is not None:
-            raise ValueError(f"give fraction or count, not both (got fraction={fraction!r}, count={count!r})")
-        if fraction is not None:
-            target_count(1, fraction=fraction)  # validates the range
-        if count is not None:
-            target_count(1, count=count)
-        self.fraction = None if fraction is None else float(fraction)
-        self.count = None if count is None else int(count)
-        targeted = self.fraction is not None or self.count is not None
-
-        if self.method == "all":
-            if threshold is not None or targeted or every_n is not None:
-                raise ValueError("method 'all' keeps every slice and takes no threshold, fraction, count or every_n")
-        elif self.method == "everyn":
-            if threshold is not None:
-                raise ValueError("method 'everyn' takes every_n or fraction/count, not threshold")
-            if every_n is not None and targeted:
-                raise ValueError("give every_n or fraction/count for method 'everyn', not both")
-            if every_n is None and not targeted:
-                every_n = 10
-            if every_n is not None:
-                select_every_n(1, n=every_n)  # validates
-        else:
-            if every_n is not None:
-                raise ValueError(f"every_n applies to method 'everyn' only, not {self.method!r}")
-            if threshold is None and not targeted:
-                if self.spec.default_threshold is None:
-                    raise ValueError(
-                        f"method {self.method!r} needs a threshold (scale {self.spec.threshold_range}) or a fraction"
-                    )
-                threshold = self.spec.default_threshold
-            if threshold is not None:
-                threshold = validate_threshold(self.spec, threshold)
-        self.threshold = threshold
-        self.every_n = None if every_n is None else int(every_n)
-
-        if algorithm is None:
-            algorithm = "greedy" if targeted and threshold is None else "leader"
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
-        if algorithm == "leader" and threshold is not None and targeted:
-            raise ValueError(
-                "the leader algorithm takes a threshold or a target fraction/count, not both; "
-                "use algorithm='greedy' to stop at whichever comes first"
-            )
-        self.algorithm = algorithm
-        self.window = validate_window(window)
-        if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
-        self.device = str(device)
-        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-            raise ValueError(f"bins must be an integer >= 2 for MI histograms, got {bins!r}")
-        self.bins = int(bins)
-        if self.method == "deepnet":
-            _check_deepnet_weights(deepnet_weights)
-        self.deepnet_weights = deepnet_weights
-        self.mixed_size = validate_size(mixed_size)
-        if self.method == "ssim" and self.mixed_size is not None and min(self.mixed_size) < 11:
-            raise ValueError(
-                f"mixed_size {self.mixed_size} is smaller than SSIM's 11x11 window; pass --mixed-size of at least "
-                "11x11 (e.g. 256x256)"
-            )
+        settings = ReductionSettings.validate(
+            method=method,
+            threshold=threshold,
+            fraction=fraction,
+            count=count,
+            algorithm=algorithm,
+            every_n=every_n,
+            window=window,
+            device=device,
+            bins=bins,
+            deepnet_weights=deepnet_weights,
+            mixed_size=mixed_size,
+        )
+        self.settings = settings
+        self.spec = get_method(settings.method)
+        self.method = settings.method
+        self.threshold = settings.threshold
+        self.fraction = settings.fraction
+        self.count = settings.count
+        self.algorithm = settings.algorithm
+        self.every_n = settings.every_n
+        self.window = settings.window
+        self.device = settings.device
+        self.bins = settings.bins
+        self.deepnet_weights = settings.deepnet_weights
+        self.mixed_size = settings.mixed_size
 
     # ------------------------------------------------------------------ settings
     def params(self) -> dict[str, Any]:

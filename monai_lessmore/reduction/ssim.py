@@ -226,7 +226,7 @@ def _pairwise_ssim_cpu(
     out = np.eye(n, dtype=np.float64)
     if n == 1:
         return out
-    if crop >= radius:  # see pairwise_ssim: no padding needed
+    if crop >= radius:  # see _pairwise_ssim_torch: no padding needed
         extra = crop - radius
         x = x[:, extra : h - extra, extra : w - extra]
     else:
@@ -244,6 +244,35 @@ def _pairwise_ssim_cpu(
     iu = np.triu_indices(n, 1)
     out.T[iu] = out[iu]
     return out
+
+
+def _pairwise_ssim_torch(
+    stack: np.ndarray | torch.Tensor,
+    radius: int,
+    crop: int,
+    g_np: np.ndarray,
+    c1: float,
+    c2: float,
+    cdtype: torch.dtype,
+    dev: torch.device,
+    chunk_size: int | None,
+) -> np.ndarray:
+    """:func:`pairwise_ssim` with torch operations on chunks of pairs (the GPU path; also runs on CPU): the twin of
+    :func:`_pairwise_ssim_cpu`, with the same per-slice statistics and the same centring."""
+    n, h, w = (int(v) for v in stack.shape)
+    # torch path: numpy views with negative strides or another byte order are copied first
+    if isinstance(stack, torch.Tensor):
+        x = stack.to(dev)
+    else:
+        x = torch.as_tensor(np.ascontiguousarray(native_numpy(stack)), device=dev)
+    if not x.is_floating_point():
+        x = x.to(torch.float64)  # integer CT/8-bit values are exact in float64
+    means = x.mean(dim=(1, 2), dtype=torch.float64)
+    if not bool(torch.isfinite(means).all()):
+        raise ValueError("slices contain NaN or infinite values; SSIM is undefined for them")
+    out = np.eye(n, dtype=np.float64)
+    if n == 1:
+        return out
 
 
 def pairwise_ssim(
@@ -327,19 +356,7 @@ def pairwise_ssim(
     if dev.type == "cpu" and backend == "auto":
         return _pairwise_ssim_cpu(stack, radius, crop, g_np, c1, c2, dtype, threads)
 
-    # torch path: numpy views with negative strides or another byte order are copied first
-    if isinstance(stack, torch.Tensor):
-        x = stack.to(dev)
-    else:
-        x = torch.as_tensor(np.ascontiguousarray(native_numpy(stack)), device=dev)
-    if not x.is_floating_point():
-        x = x.to(torch.float64)  # integer CT/8-bit values are exact in float64
-    means = x.mean(dim=(1, 2), dtype=torch.float64)
-    if not bool(torch.isfinite(means).all()):
-        raise ValueError("slices contain NaN or infinite values; SSIM is undefined for them")
-    out = np.eye(n, dtype=np.float64)
-    if n == 1:
-        return out
+    return _pairwise_ssim_torch(stack, radius, crop, g_np, c1, c2, cdtype, dev, chunk_size)
 
     if crop >= radius:
         # every pixel kept by scikit-image's crop only sees pixels inside the image: no padding needed
