@@ -10,7 +10,8 @@ Printed per run: wall time and CPU time (user + system of the child) of both and
 the CPU-time ratio is the steadier one; both are printed. Also printed, each in a fresh process:
 
 * start-up: ``lessmore reduce`` on a 4-slice volume (imports, compiled-kernel cache loading);
-* peak memory while reducing one volume (``VmHWM`` after resetting it) against the volume in its stored dtype;
+* peak memory while reducing one volume (``bench_reduction.bench_memory``: ``VmHWM`` after resetting it) against the
+  volume in its stored dtype;
 * random reads of one 512x512 slice from a ``.nii.gz`` without a slice store (``read_slice``), median ms.
 
 Usage::
@@ -87,37 +88,6 @@ def bench_startup(tiny: str, repeat: int) -> dict:
     }
 
 
-_MEM = r"""
-import json, sys, tempfile
-from monai_lessmore.cli.reduce import process_volume
-import nibabel as nib, numpy as np
-
-def status(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-path, tiny, out = sys.argv[1:4]
-process_volume(tiny, "warm", {"method": "hash", "threshold": 6}, out, "none", "index")  # imports, kernels
-with open("/proc/self/clear_refs", "w") as fh:  # reset the peak resident size (VmHWM) to the current one
-    fh.write("5")
-base = status("VmRSS")
-process_volume(path, "v", {"method": "hash", "threshold": 6}, out, "none", "index")
-img = nib.load(path)
-print(json.dumps({"base": base, "peak": status("VmHWM"), "stored_bytes": int(np.prod(img.shape)) * img.get_data_dtype().itemsize}))
-"""
-
-
-def bench_memory(path: str, tiny: str) -> dict:
-    with tempfile.TemporaryDirectory() as out:
-        res = subprocess.run([sys.executable, "-c", _MEM, path, tiny, out], capture_output=True, text=True,
-                             check=True, env=_env())
-    info = json.loads(res.stdout.strip().splitlines()[-1])
-    extra = info["peak"] - info["base"]
-    return {"stored_mib": info["stored_bytes"] / 2**20, "peak_increase_mib": extra / 2**20,
-            "ratio_to_stored": extra / info["stored_bytes"]}
-
-
 _READS = r"""
 import json, sys, time
 import numpy as np
@@ -182,9 +152,13 @@ def main() -> None:
         s = bench_startup(str(tiny), args.repeat)
         print(f"[start-up] lessmore reduce of a 4-slice volume: {s['reduce_tiny_wall_s']:.2f} s wall, "
               f"{s['reduce_tiny_cpu_s']:.2f} s CPU (import numpy + nibabel alone: {s['import_numpy_nibabel_cpu_s']:.2f} s CPU)")
-        mem = bench_memory(files[0], str(tiny))
-        print(f"[peak memory] +{mem['peak_increase_mib']:.0f} MiB while reducing one volume of {mem['stored_mib']:.0f} MiB "
-              f"stored: {mem['ratio_to_stored']:.2f}x the stored volume (target <= 1.5x + constant)")
+        sys.path.insert(0, str(REPO / "scripts"))
+        from bench_reduction import bench_memory
+
+        mem = bench_memory(Path(files[0]))
+        print(f"[peak memory] +{mem['peak_increase_mib']:.0f} MiB while reducing one volume of "
+              f"{mem['volume_stored_mib']:.0f} MiB stored: {mem['ratio_to_stored']:.2f}x the stored volume "
+              "(target <= 1.5x + constant)")
         rd = bench_random_reads(files[0], args.slices)
         print(f"[random slice reads, no slice store] median {rd['median_ms']:.1f} ms wall ({rd['median_cpu_ms']:.1f} ms CPU), "
               f"p90 {rd['p90_ms']:.1f} ms per "

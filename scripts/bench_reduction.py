@@ -135,7 +135,9 @@ base = status("VmRSS")
 process_volume(path, "v", {"method": "hash", "threshold": 6}, out, "none", "index")
 peak = status("VmHWM")
 shape = load_volume(path).array.shape
-print(json.dumps({"baseline_bytes": base, "peak_bytes": peak, "shape": shape}))
+import nibabel as nib
+stored = int(np.prod(shape)) * nib.load(path).get_data_dtype().itemsize
+print(json.dumps({"baseline_bytes": base, "peak_bytes": peak, "shape": shape, "stored_bytes": stored}))
 """
 
 
@@ -149,8 +151,10 @@ def bench_memory(path: Path) -> dict:
     extra = info["peak_bytes"] - info["baseline_bytes"]
     return {
         "volume_float32_mib": round(volume_bytes / 2**20, 1),
+        "volume_stored_mib": round(info["stored_bytes"] / 2**20, 1),
         "peak_increase_mib": round(extra / 2**20, 1),
         "ratio": round(extra / volume_bytes, 2),
+        "ratio_to_stored": round(extra / info["stored_bytes"], 2),
     }
 
 

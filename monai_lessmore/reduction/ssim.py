@@ -274,6 +274,75 @@ def _pairwise_ssim_torch(
     if n == 1:
         return out
 
+    if crop >= radius:
+        # every pixel kept by scikit-image's crop only sees pixels inside the image: no padding needed
+        extra = crop - radius
+        x = x[:, extra : h - extra, extra : w - extra]
+    else:
+        # scipy's mode="reflect" is the half-sample symmetric extension (numpy's "symmetric")
+        q = radius - crop
+        rows = torch.as_tensor(np.pad(np.arange(h), q, mode="symmetric"), device=dev)
+        cols = torch.as_tensor(np.pad(np.arange(w), q, mode="symmetric"), device=dev)
+        x = x.index_select(1, rows).index_select(2, cols)
+    hq, wq = int(x.shape[1]), int(x.shape[2])
+    hv, wv = hq - 2 * radius, wq - 2 * radius
+    length = hv * wq
+    g = g_np.tolist()
+
+    # per-slice statistics, once per slice. Each slice is centred on its own mean first: (co)variances are shift
+    # invariant and the cancellation in E[x^2] - E[x]^2 (and E[xy] - E[x]E[y]) shrinks, which is what keeps the
+    # float32 path accurate. Slice by slice so the temporaries stay in cache.
+    wide = torch.promote_types(x.dtype, cdtype)
+    xc = (x.to(wide) - means.to(wide)[:, None, None]).reshape(n, hq * wq).to(cdtype)
+    del x
+    # the last 2r columns of every row are wrap-around garbage, overwritten below
+    ux_c = torch.empty(n, length, dtype=cdtype, device=dev)
+    b = torch.empty(n, length, dtype=cdtype, device=dev)
+    sq = torch.empty(hq * wq, dtype=cdtype, device=dev)
+    tmp = torch.empty(length, dtype=cdtype, device=dev)
+    for i in range(n):
+        _separable_valid(xc[i], g, wq, ux_c[i], tmp=tmp)
+        _separable_valid(torch.mul(xc[i], xc[i], out=sq), g, wq, b[i], tmp=tmp)
+        b[i].addcmul_(ux_c[i], ux_c[i], value=-1).add_(c2 / 2)  # B2 = b_i + b_j = vx + vy + C2
+    ux = ux_c + means.to(cdtype)[:, None]
+    a = torch.addcmul(torch.tensor(c1 / 2, dtype=cdtype, device=dev), ux, ux)  # B1 = a_i + a_j = ux^2 + uy^2 + C1
+    # wrap-around columns: make their SSIM exactly 0 (finite numerator / infinite denominator), so plain sums work
+    for t, value in ((ux_c, 0.0), (ux, 0.0), (a, math.inf), (b, 1.0)):
+        t.view(n, hv, wq)[:, :, wv:] = value
+    c1_t = torch.tensor(c1, dtype=cdtype, device=dev)
+    c2_t = torch.tensor(c2, dtype=cdtype, device=dev)
+
+    slice_bytes = hq * wq * xc.element_size()
+    k_max = int(chunk_size) if chunk_size is not None else _auto_chunk(dev, slice_bytes)
+    k_max = max(1, min(k_max, n - 1))
+    z_buf = torch.empty(k_max, hq * wq, dtype=cdtype, device=dev)
+    v_buf = torch.empty(k_max, length, dtype=cdtype, device=dev)
+    o_buf = torch.zeros(k_max, length, dtype=cdtype, device=dev)
+    t1_buf = torch.empty(k_max, length, dtype=cdtype, device=dev)
+    t2_buf = torch.empty(k_max, length, dtype=cdtype, device=dev)
+    count = float(hv * wv)
+    rows_out = []
+    for i in range(n - 1):
+        for s in range(i + 1, n, k_max):
+            e = min(n, s + k_max)
+            k = e - s
+            z, o, t1, t2 = z_buf[:k], o_buf[:k], t1_buf[:k], t2_buf[:k]
+            torch.mul(xc[s:e], xc[i], out=z)
+            _separable_valid(z, g, wq, o, tmp=v_buf[:k], offset=c2_t, scale=2.0)  # o = 2 G*(x y) + C2
+            o.addcmul_(ux_c[s:e], ux_c[i], value=-2)  # A2 = 2 cov + C2
+            torch.addcmul(c1_t, ux[s:e], ux[i], value=2, out=t1)  # A1 = 2 ux uy + C1
+            o.mul_(t1)
+            torch.add(a[s:e], a[i], out=t1)  # B1
+            torch.add(b[s:e], b[i], out=t2)  # B2
+            t1.mul_(t2)
+            o.div_(t1)
+            rows_out.append((i, s, e, o.sum(dim=1)))
+    for i, s, e, sums in rows_out:
+        vals = sums.double().cpu().numpy() / count
+        out[i, s:e] = vals
+        out[s:e, i] = vals
+    return out
+
 
 def pairwise_ssim(
     slices: Any,
@@ -355,74 +424,4 @@ def pairwise_ssim(
     c2 = (k2 * float(data_range)) ** 2
     if dev.type == "cpu" and backend == "auto":
         return _pairwise_ssim_cpu(stack, radius, crop, g_np, c1, c2, dtype, threads)
-
     return _pairwise_ssim_torch(stack, radius, crop, g_np, c1, c2, cdtype, dev, chunk_size)
-
-    if crop >= radius:
-        # every pixel kept by scikit-image's crop only sees pixels inside the image: no padding needed
-        extra = crop - radius
-        x = x[:, extra : h - extra, extra : w - extra]
-    else:
-        # scipy's mode="reflect" is the half-sample symmetric extension (numpy's "symmetric")
-        q = radius - crop
-        rows = torch.as_tensor(np.pad(np.arange(h), q, mode="symmetric"), device=dev)
-        cols = torch.as_tensor(np.pad(np.arange(w), q, mode="symmetric"), device=dev)
-        x = x.index_select(1, rows).index_select(2, cols)
-    hq, wq = int(x.shape[1]), int(x.shape[2])
-    hv, wv = hq - 2 * radius, wq - 2 * radius
-    length = hv * wq
-    g = g_np.tolist()
-
-    # per-slice statistics, once per slice. Each slice is centred on its own mean first: (co)variances are shift
-    # invariant and the cancellation in E[x^2] - E[x]^2 (and E[xy] - E[x]E[y]) shrinks, which is what keeps the
-    # float32 path accurate. Slice by slice so the temporaries stay in cache.
-    wide = torch.promote_types(x.dtype, cdtype)
-    xc = (x.to(wide) - means.to(wide)[:, None, None]).reshape(n, hq * wq).to(cdtype)
-    del x
-    # the last 2r columns of every row are wrap-around garbage, overwritten below
-    ux_c = torch.empty(n, length, dtype=cdtype, device=dev)
-    b = torch.empty(n, length, dtype=cdtype, device=dev)
-    sq = torch.empty(hq * wq, dtype=cdtype, device=dev)
-    tmp = torch.empty(length, dtype=cdtype, device=dev)
-    for i in range(n):
-        _separable_valid(xc[i], g, wq, ux_c[i], tmp=tmp)
-        _separable_valid(torch.mul(xc[i], xc[i], out=sq), g, wq, b[i], tmp=tmp)
-        b[i].addcmul_(ux_c[i], ux_c[i], value=-1).add_(c2 / 2)  # B2 = b_i + b_j = vx + vy + C2
-    ux = ux_c + means.to(cdtype)[:, None]
-    a = torch.addcmul(torch.tensor(c1 / 2, dtype=cdtype, device=dev), ux, ux)  # B1 = a_i + a_j = ux^2 + uy^2 + C1
-    # wrap-around columns: make their SSIM exactly 0 (finite numerator / infinite denominator), so plain sums work
-    for t, value in ((ux_c, 0.0), (ux, 0.0), (a, math.inf), (b, 1.0)):
-        t.view(n, hv, wq)[:, :, wv:] = value
-    c1_t = torch.tensor(c1, dtype=cdtype, device=dev)
-    c2_t = torch.tensor(c2, dtype=cdtype, device=dev)
-
-    slice_bytes = hq * wq * xc.element_size()
-    k_max = int(chunk_size) if chunk_size is not None else _auto_chunk(dev, slice_bytes)
-    k_max = max(1, min(k_max, n - 1))
-    z_buf = torch.empty(k_max, hq * wq, dtype=cdtype, device=dev)
-    v_buf = torch.empty(k_max, length, dtype=cdtype, device=dev)
-    o_buf = torch.zeros(k_max, length, dtype=cdtype, device=dev)
-    t1_buf = torch.empty(k_max, length, dtype=cdtype, device=dev)
-    t2_buf = torch.empty(k_max, length, dtype=cdtype, device=dev)
-    count = float(hv * wv)
-    rows_out = []
-    for i in range(n - 1):
-        for s in range(i + 1, n, k_max):
-            e = min(n, s + k_max)
-            k = e - s
-            z, o, t1, t2 = z_buf[:k], o_buf[:k], t1_buf[:k], t2_buf[:k]
-            torch.mul(xc[s:e], xc[i], out=z)
-            _separable_valid(z, g, wq, o, tmp=v_buf[:k], offset=c2_t, scale=2.0)  # o = 2 G*(x y) + C2
-            o.addcmul_(ux_c[s:e], ux_c[i], value=-2)  # A2 = 2 cov + C2
-            torch.addcmul(c1_t, ux[s:e], ux[i], value=2, out=t1)  # A1 = 2 ux uy + C1
-            o.mul_(t1)
-            torch.add(a[s:e], a[i], out=t1)  # B1
-            torch.add(b[s:e], b[i], out=t2)  # B2
-            t1.mul_(t2)
-            o.div_(t1)
-            rows_out.append((i, s, e, o.sum(dim=1)))
-    for i, s, e, sums in rows_out:
-        vals = sums.double().cpu().numpy() / count
-        out[i, s:e] = vals
-        out[s:e, i] = vals
-    return out
