@@ -1,6 +1,6 @@
 """NIfTI reader (``.nii``, ``.nii.gz``) via nibabel.
 
-Convention (spec section 2: "the slice axis is the axial one, taken from the image orientation, not assumed"):
+Convention (the slice axis is the axial one, taken from the image orientation, not assumed):
 
 * The slice axis is the stored voxel axis whose orientation code (:func:`nibabel.aff2axcodes` of the affine) is
   ``S`` or ``I``: for a non-axial-dominant acquisition, the axis closest to the inferior-superior direction. It is

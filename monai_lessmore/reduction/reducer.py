@@ -1,4 +1,4 @@
-"""Reduce the slices of one volume: render -> score pairs -> select (spec section 2).
+"""Reduce the slices of one volume: render -> score pairs -> select (Wolf et al. 2024, section 2.1).
 
 :class:`SliceReducer` is the single entry point used by the transforms, the dataset filter and the command line;
 it holds only JSON-serialisable settings so a bundle config can build it.
