@@ -28,12 +28,13 @@ How the costly horizontal pass (every pixel times ~343 weights for 512 -> 9) is 
   bound from a rounding boundary rounds as the exact integer sum does, and the few that are not (~2 % for
   512 -> 9) are summed again in float64, exactly. The result is Pillow's, bit for bit.
 
-* Without numba, with torch, pixels enter as ``v - 128`` (int8, one XOR pass) and the weights as three balanced base-256 int8
-  digits; ``torch._int_mm`` gives exact int32 digit sums, recombined in wrapping int32 (exact, because the true
-  sum fits int32 as it does in Pillow's own accumulator).
-* Without it (or if its self-check fails), each weight is split into digits small enough that *every* partial
-  sum of ``pixel * digit`` is an integer of magnitude ``<= 2**24``; float32 holds all of those exactly, so BLAS
-  ``sgemm`` gives exact digit sums in any summation order, recombined in float64 (exact below ``2**53``).
+* Without numba, with torch, pixels enter as ``v - 128`` (int8, one XOR pass) and the weights as three
+  balanced base-256 int8 digits; ``torch._int_mm`` gives exact int32 digit sums, recombined in wrapping int32
+  (exact, because the true sum fits int32 as it does in Pillow's own accumulator).
+* Without torch's int8 product either (or if its self-check fails), each weight is split into digits small enough that
+  *every* partial sum of ``pixel * digit`` is an integer of magnitude ``<= 2**24``; float32 holds all of those
+  exactly, so BLAS ``sgemm`` gives exact digit sums in any summation order, recombined in float64 (exact below
+  ``2**53``).
 
 The small vertical pass (or the first pass, for tall images) uses the float32 digit method.
 """
@@ -389,7 +390,9 @@ def _compiled_resample() -> Any:
     return cpu_kernel(_resample_rows_kernel)
 
 
-def _pass_compiled(kernel: Any, src: np.ndarray, lo: int, hi: int, in_size: int, out_size: int, offset: int = 0) -> np.ndarray:
+def _pass_compiled(
+    kernel: Any, src: np.ndarray, lo: int, hi: int, in_size: int, out_size: int, offset: int = 0
+) -> np.ndarray:
     """One pass along ``src``'s last axis (rows ``lo:hi`` of axis 1); ``offset`` shifts the windows for inputs
     that start at index ``offset`` of the ``in_size`` Pillow resamples (the vertical pass after a row-limited
     horizontal one)."""

@@ -1,8 +1,8 @@
 """Rendering of CT slices to the 8-bit images the similarity measures compare.
 
 The authors of the paper exported every slice as its own PNG: the slice in Hounsfield units, min-max scaled on its
-own to 0..255 and rounded to 8 bit, with no HU window (Wolf et al. 2024, section 2.1). :func:`to_uint8` reproduces that and is
-the one place where slices are rendered to 8 bit. An HU window is offered as an option.
+own to 0..255 and rounded to 8 bit, with no HU window (Wolf et al. 2024, section 2.1). :func:`to_uint8` reproduces
+that and is the one place where slices are rendered to 8 bit. An HU window is offered as an option.
 """
 
 from __future__ import annotations
