@@ -407,9 +407,10 @@ class SliceReducer:
             if self.method in _PIXELWISE:
                 if self.mixed_size is None:
                     shapes = sorted({s.shape for s in u8})
+                    shown = ", ".join(f"{h}x{w}" for h, w in shapes[:3]) + (", ..." if len(shapes) > 3 else "")
                     raise ValueError(
                         f"method {self.method!r} compares slices pixel by pixel, but this volume's slices differ in "
-                        f"size ({len(shapes)} sizes, e.g. {shapes[:3]}); pass mixed_size=(H, W) (command line: "
+                        f"size ({len(shapes)} sizes HxW, e.g. {shown}); pass mixed_size=(H, W) (command line: "
                         "--mixed-size HxW) to resample them to one size for the comparison, or use method 'hash' "
                         "(each image is hashed at its own size)"
                     )

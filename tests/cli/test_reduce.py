@@ -253,7 +253,8 @@ def test_mixed_size_slice_folder_with_pixelwise_method(tmp_path, capsys):
     volume = shared_data_path("ct", "slices", "covid19_ct_seg") / "Data-1_radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm"
     refused = tmp_path / "refused"
     assert main(["reduce", str(volume), "-o", str(refused), "--method", "mi", "--count", "5", "--no-progress"]) == 1
-    assert "--mixed-size HxW" in json.loads((refused / "summary.json").read_text())["failures"][0]["error"]
+    error = json.loads((refused / "summary.json").read_text())["failures"][0]["error"]
+    assert "--mixed-size HxW" in error and "sizes HxW, e.g. " in error
     out = tmp_path / "out"
     args = ["reduce", str(volume), "-o", str(out), "--method", "mi", "--count", "5", "--mixed-size", "128x96", "--no-progress"]
     assert main(args) == 0
