@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import re
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -34,7 +33,7 @@ from monai.handlers import CheckpointLoader
 
 __all__ = ["ParamScheduleHandler", "LRScheduleHandler", "WeightDecayScheduleHandler", "AtomicCheckpointSaver",
            "ResumeCheckpointLoader", "StopOnNonFiniteLoss", "EpochLossHistory", "FreezePrototypes", "ClipGradNorm",
-           "ProgressBar", "ExportEncoder", "every", "atomic_torch_save", "remove_stale_temp_files", "is_rank0"]
+           "ProgressBar", "ExportEncoder", "every", "atomic_torch_save", "is_rank0"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save`` to ``<path>.tmp<PID>`` beside ``path``, fsync, then ``os.replace``: never a half-written file.
 
     On failure (e.g. ``OSError: No space left on device``) the temporary file is removed and the file previously at
-    ``path`` is untouched; a temporary file left by a killed process is removed by :func:`remove_stale_temp_files`.
+    ``path`` is untouched; the temporary of a killed process is recognised by the PID in its name and removed by
+    :func:`monai_lessmore.utils.files.remove_stale_temps` (the saver calls it at start).
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -72,37 +72,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
             os.remove(tmp)
         raise
     return path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def remove_stale_temp_files(path: str | os.PathLike) -> list[str]:
-    """Remove the ``<path>.tmp<PID>`` files of :func:`atomic_torch_save` whose process is dead (a run killed while
-    writing); the temp files of live processes are kept. Returns the removed paths."""
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return []
-    pattern = re.compile(re.escape(name) + r"\.tmp(\d+)$")
-    removed = []
-    for entry in os.listdir(folder):
-        m = pattern.match(entry)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            stale = os.path.join(folder, entry)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(stale)
-                removed.append(stale)
-    if removed:
-        logger.info("removed %d temporary file(s) of killed runs: %s", len(removed), ", ".join(removed))
-    return removed
 
 
 def every(n: int) -> Callable[[Engine, int], bool]:
@@ -260,9 +229,14 @@ class AtomicCheckpointSaver:
         engine.add_event_handler(Events.STARTED, self.clean)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def clean(self, engine: Engine | None = None) -> None:
-        if is_rank0():
-            remove_stale_temp_files(self.path)
+    def clean(self, engine: Engine | None = None) -> list:
+        """Remove the temporaries of dead processes in ``save_dir`` (a checkpoint write interrupted by a kill)."""
+        from monai_lessmore.utils.files import remove_stale_temps
+
+        removed = remove_stale_temps(self.save_dir) if is_rank0() else []
+        if removed:
+            logger.info("removed %d temporary file(s) of killed runs: %s", len(removed), ", ".join(map(str, removed)))
+        return removed
 
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch

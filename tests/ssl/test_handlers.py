@@ -172,8 +172,8 @@ def test_stale_temp_files_of_dead_processes_removed_live_kept(tmp_path):
         killed.kill()
         killed.wait(timeout=30)
         assert (tmp_path / f"checkpoint.pt.tmp{killed.pid}").exists()
-        removed = H.remove_stale_temp_files(target)
-        assert removed == [str(tmp_path / f"checkpoint.pt.tmp{killed.pid}")]
+        removed = H.AtomicCheckpointSaver(str(tmp_path), {}, "swav").clean()  # what the saver does at start
+        assert removed == [tmp_path / f"checkpoint.pt.tmp{killed.pid}"]
         assert os.listdir(tmp_path) == [f"checkpoint.pt.tmp{alive.pid}"]  # a live writer's file is left alone
     finally:
         for p in procs:
