@@ -180,9 +180,8 @@ def test_handler_added_by_config_override_fires(phantom_dir, tmp_path, capsys):
         "iteration_log": True, "epoch_log": False, "output_transform": "$lambda output: output['loss']",
     }]
     trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=1, extra_handlers=extra)
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "lessmore.test_extra_handler" in ln]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "extra_loss: " in ln]
     assert len(lines) == trainer.state.iteration == 2, lines  # every iteration, where the bundle's logs every 100
-    assert all("extra_loss: " in ln for ln in lines)
 
 
 def test_optimizer_swapped_from_json(phantom_dir, tmp_path):
