@@ -110,15 +110,16 @@ class ParamScheduleHandler:
         missing = [i for i, g in enumerate(optimizer.param_groups) if param_name not in g]
         if missing:
             raise ValueError(f"optimizer {type(optimizer).__name__} has no {param_name!r} in parameter groups {missing}")
-        self.groups = [g for g in optimizer.param_groups if not (skip_zero and float(g[param_name]) == 0.0)]
+        # indices, not the group dicts: optimizer.load_state_dict (a resume) replaces the dicts
+        self.groups = [i for i, g in enumerate(optimizer.param_groups) if not (skip_zero and float(g[param_name]) == 0.0)]
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         value = float(self.schedule[min(engine.state.iteration - 1, self.schedule.size - 1)])
-        for group in self.groups:
-            group[self.param_name] = value
+        for i in self.groups:
+            self.optimizer.param_groups[i][self.param_name] = value
         engine.state.metrics[self.param_name] = value
 
 

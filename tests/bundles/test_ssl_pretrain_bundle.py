@@ -218,7 +218,7 @@ def test_run_entry_point_and_cli(phantom_dir, tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", FILES["swav"][0]]
     for k, v in _overrides("swav", phantom_dir, tmp_path).items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, (list, bool)) or v is None else str(v)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "model.pt").is_file()
 

@@ -119,6 +119,7 @@ def test_weight_decay_schedule_leaves_no_decay_group_and_lr_alone():
     seen = []
     engine = Engine(lambda e, b: seen.append([g["weight_decay"] for g in opt.param_groups]) or {"loss": 0.0})
     H.WeightDecayScheduleHandler(opt, [0.04, 0.1, 0.2]).attach(engine)
+    opt.load_state_dict(opt.state_dict())  # as a resume does: new group dicts, the handler must still reach them
     engine.run([0, 1, 2], max_epochs=1)
     assert seen == [[0.04, 0.0], [0.1, 0.0], [0.2, 0.0]]
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5]
