@@ -1,5 +1,5 @@
 """Pre-training throughput: images (slices) per second, the fraction of step time spent waiting for data, and the overhead of the
-ignite/MONAI loop against a bare PyTorch loop doing the same steps -- for SwAV, MoCo v2 and SparK.
+ignite/MONAI loop against a bare PyTorch loop doing the same steps (the same step objects, losses and gradient handlers) -- for SwAV, MoCo v2 and SparK.
 
 Both loops are built from the bundle's own configs (``bundles/lessmore_ssl_pretrain/configs``), so they run the
 exact steps of a real run (data loading from disk, reduction, the method's views, model, optimiser).
@@ -83,13 +83,27 @@ def bench_bare(method: str, overrides: dict, steps: int, warmup: int) -> dict:
 
     set_determinism(0)
     p = _parser(method, overrides)
-    loader, network, optimizer, step = (p.get_parsed_content(k) for k in ("train_loader", "network", "optimizer", "step"))
+    loader, network, optimizer, step, loss = (
+        p.get_parsed_content(k) for k in ("train_loader", "network", "optimizer", "step", "loss"))
     schedule = p.get_parsed_content("lr_schedule")
     device = p.get_parsed_content("device")
     amp = bool(p.get_parsed_content("amp")) and torch.device(device).type == "cuda"
-    engine = SimpleNamespace(network=network, optimizer=optimizer, amp=amp,
+    from monai.engines.utils import IterationEvents
+
+    # the method's gradient handlers (SwAV: prototype freezing, SparK: clipping, weight-decay schedule) run as in
+    # the trainer, called directly
+    method_handlers = p.get_parsed_content("method_handlers")
+    on_backward = [h for h in method_handlers if type(h).__name__ in ("FreezePrototypes", "ClipGradNorm")]
+    on_start = [h for h in method_handlers if h not in on_backward]
+
+    def fire_event(event):
+        if event == IterationEvents.BACKWARD_COMPLETED:
+            for h in on_backward:
+                h(engine)
+
+    engine = SimpleNamespace(network=network, optimizer=optimizer, loss_function=loss, amp=amp, fire_event=fire_event,
                              scaler=torch.amp.GradScaler("cuda") if amp else None,
-                             state=SimpleNamespace(device=torch.device(device), epoch=1, iteration=0))
+                             state=SimpleNamespace(device=torch.device(device), epoch=1, iteration=0, metrics={}))
     it = iter(loader)
     wait, n_img, t0 = 0.0, 0, None
     for i in range(warmup + steps):
@@ -103,6 +117,8 @@ def bench_bare(method: str, overrides: dict, steps: int, warmup: int) -> dict:
         engine.state.iteration = i + 1
         for g in optimizer.param_groups:  # the same per-iteration schedule as the handler
             g["lr"] = float(schedule[min(i, len(schedule) - 1)])
+        for h in on_start:
+            h(engine)
         step(engine, batch)
     if torch.cuda.is_available():
         torch.cuda.synchronize()

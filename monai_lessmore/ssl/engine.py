@@ -1,32 +1,56 @@
 """The pre-training engine: MONAI's ``SupervisedTrainer`` driven by a method-specific ``iteration_update``.
 
-Following MONAI's convention the engine is customised, not subclassed: :class:`SwAVStep`, :class:`MoCoStep` and
-:class:`SparKStep` are the ``iteration_update`` callables (one training step each: forward, loss, backward,
-optimiser, method hooks), and everything else -- learning-rate schedule, checkpoints, resume, NaN stop, logging,
-progress bar -- is a handler (:mod:`monai_lessmore.ssl.handlers`, MONAI's ``StatsHandler`` /
-``TensorBoardStatsHandler``, ignite's ``ProgressBar``). :func:`build_trainer` assembles them; the bundle configs
-call it so the recipe stays readable.
+Following MONAI's convention the engine is customised, not rewritten: :class:`SSLTrainer` is a thin
+``SupervisedTrainer`` (AMP on CUDA only, no decollation, ignite's misleading start notice dropped), and
+:class:`SwAVStep`, :class:`MoCoStep` and :class:`SparKStep` are its ``iteration_update``. The bundle config builds
+all of them, the loss (the trainer's ``loss_function``: :class:`~monai_lessmore.ssl.swav.SwAVLoss`,
+:class:`~monai_lessmore.ssl.moco.MoCoLoss`, :class:`~monai_lessmore.ssl.spark.SparKLoss`) and every handler
+(``train_handlers``: resume, checkpoints, LR schedule, prototype freezing, NaN stop, logging, export).
+
+One step (:meth:`SSLStep.__call__`) has four phases, in this order:
+
+1. :meth:`SSLStep.prepare` -- before the forward pass (SwAV re-normalises its prototypes);
+2. :meth:`SSLStep.compute_loss` -- forward pass and ``engine.loss_function``; it changes no state and returns, beside
+   the loss, what the method will store afterwards (``pending``);
+3. backward (``IterationEvents.BACKWARD_COMPLETED`` fires here, with unscaled gradients under AMP: handlers such as
+   :class:`~monai_lessmore.ssl.handlers.FreezePrototypes` and :class:`~monai_lessmore.ssl.handlers.ClipGradNorm`
+   act on the gradients) and the optimiser step -- both skipped for a non-finite loss;
+4. :meth:`SSLStep.update_state` -- **the one place where a method's own state changes**: SwAV enqueues its
+   embeddings, MoCo updates its momentum encoder and enqueues its keys. It runs after the optimiser step and only
+   when the step was taken.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from ignite.engine import Engine
+from monai.engines import SupervisedTrainer
 from torch import nn
 
 from monai_lessmore.ssl.backbone import _is_dist, unwrap
 from monai_lessmore.ssl.queue import FeatureQueue
 
-__all__ = ["SSLStep", "SwAVStep", "MoCoStep", "SparKStep", "build_trainer", "build_loader", "wrap_ddp", "METHODS"]
+__all__ = ["SSLTrainer", "SSLStep", "SwAVStep", "MoCoStep", "SparKStep", "build_loader", "wrap_ddp", "as_bool",
+           "METHODS"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("swav", "moco", "spark")
+
+
+def as_bool(value: Any) -> bool:
+    """Booleans from configs and the command line (``--amp false`` arrives as the string ``"false"``)."""
+    if isinstance(value, str):
+        if value.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if value.strip().lower() in ("false", "0", "no", "off", "none", ""):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return bool(value)
 
 
 def _all_finite(loss: torch.Tensor) -> bool:
@@ -38,132 +62,144 @@ def _all_finite(loss: torch.Tensor) -> bool:
 
 
 class SSLStep:
-    """Base ``iteration_update``: move views to the device, forward under autocast (CUDA + ``engine.amp`` only),
-    backward, optimiser step -- skipped for a non-finite loss so the weights stay the last good ones.
+    """Base ``iteration_update`` of :class:`SSLTrainer` (the phases are described in the module docstring).
 
-    Subclasses implement :meth:`loss` and may override :meth:`before_forward`, :meth:`before_step`,
-    :meth:`after_step`. ``state_dict`` holds nothing: the method's state (queues, momentum encoder) lives in
-    modules saved by the checkpoint.
+    Subclasses implement :meth:`compute_loss` and may override :meth:`prepare` and :meth:`update_state`. A step
+    holds no tensors between iterations: the method's state (queues, momentum encoder) lives in modules that the
+    checkpoint saves.
     """
 
     method = "base"
 
-    def loss(self, engine: Engine, views: list[torch.Tensor]) -> torch.Tensor:
+    def prepare(self, engine: Engine) -> None:
+        """Before the forward pass."""
+
+    def compute_loss(self, engine: Engine, views: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """Forward pass and ``engine.loss_function``; returns ``(loss, pending)`` and changes no state."""
         raise NotImplementedError
 
-    def before_forward(self, engine: Engine) -> None:
-        pass
-
-    def before_step(self, engine: Engine) -> None:
-        pass
-
-    def after_step(self, engine: Engine) -> None:
-        pass
+    def update_state(self, engine: Engine, pending: Any) -> None:
+        """After the optimiser step: store ``pending`` in the method's state (queues, momentum encoder)."""
 
     def __call__(self, engine: Engine, batch: Mapping[str, Any]) -> dict[str, float]:
+        from monai.engines.utils import IterationEvents
+
         device = engine.state.device
         views = batch["views"] if isinstance(batch, Mapping) else batch
         views = [torch.as_tensor(v).to(device, non_blocking=True) for v in views]
         engine.network.train()
-        self.before_forward(engine)
+        self.prepare(engine)
         use_amp = bool(getattr(engine, "amp", False)) and device is not None and torch.device(device).type == "cuda"
         with torch.autocast("cuda", enabled=use_amp):
-            loss = self.loss(engine, views)
+            loss, pending = self.compute_loss(engine, views)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.optimizer.zero_grad(set_to_none=True)
-        if not _all_finite(loss):
+        if not _all_finite(loss):  # the weights and the method's state stay those of the last good step
             return {"loss": float(loss.detach())}
         scaler = getattr(engine, "scaler", None) if use_amp else None
         if scaler is not None:
             scaler.scale(loss).backward()
-            scaler.unscale_(engine.optimizer)
-            self.before_step(engine)
+            scaler.unscale_(engine.optimizer)  # handlers of BACKWARD_COMPLETED see the true gradients
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             scaler.step(engine.optimizer)
             scaler.update()
         else:
             loss.backward()
-            self.before_step(engine)
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
-        self.after_step(engine)
+        self.update_state(engine, pending)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return {"loss": float(loss.detach())}
 
 
+def _check_loss(engine: Engine, expected: type, method: str) -> nn.Module:
+    loss = engine.loss_function
+    if not isinstance(loss, expected):
+        raise TypeError(f"{method} needs loss_function {expected.__name__}, got {type(loss).__name__}; set the "
+                        f"config's 'loss' to {expected.__module__}.{expected.__name__}")
+    return loss
+
+
 class SwAVStep(SSLStep):
-    """One SwAV step (the authors' ``main_swav.py`` ``train()``, with their bugs fixed).
+    """One SwAV step (the authors' ``main_swav.py`` ``train()``, with their bugs fixed); loss: ``SwAVLoss``.
+
+    Prototype freezing is the :class:`~monai_lessmore.ssl.handlers.FreezePrototypes` handler.
 
     Args:
-        loss_function: a :class:`~monai_lessmore.ssl.swav.SwAVLoss`.
         queue: optional :class:`~monai_lessmore.ssl.queue.FeatureQueue` with one queue per assignment crop.
         queue_start_epoch: first epoch (0-based, as SwAV's ``epoch_queue_starts``) that uses the queue.
-        freeze_prototypes_niters: the prototypes get no update during the first N **iterations** (313, Table 8 --
-            the authors' code compared it with the epoch instead).
     """
 
     method = "swav"
 
-    def __init__(self, loss_function: nn.Module, queue: FeatureQueue | None = None, queue_start_epoch: int = 15,
-                 freeze_prototypes_niters: int = 313) -> None:
-        self.loss_function, self.queue = loss_function, queue
-        self.queue_start_epoch, self.freeze_prototypes_niters = int(queue_start_epoch), int(freeze_prototypes_niters)
+    def __init__(self, queue: FeatureQueue | None = None, queue_start_epoch: int = 15) -> None:
+        self.queue = queue
+        self.queue_start_epoch = int(queue_start_epoch)
 
-    def before_forward(self, engine: Engine) -> None:
+    def prepare(self, engine: Engine) -> None:
         unwrap(engine.network).prototypes.normalize()
 
-    def loss(self, engine: Engine, views: list[torch.Tensor]) -> torch.Tensor:
-        embeddings, scores = engine.network(views)
-        queue_scores = None
-        use_queue = self.queue is not None and engine.state.epoch - 1 >= self.queue_start_epoch
-        if use_queue:
-            w = unwrap(engine.network).prototypes.weight.detach()
-            queue_scores = [self.queue.get(i).to(w) @ w.t() if self.queue.is_full else None
-                            for i in range(len(self.loss_function.crops_for_assign))]
-        loss = self.loss_function(scores, queue_scores)
-        if use_queue:
-            for i, c in enumerate(self.loss_function.crops_for_assign):
-                self.queue.enqueue(embeddings[c].detach().float(), queue=i)
-        return loss
+    def _use_queue(self, engine: Engine) -> bool:
+        return self.queue is not None and engine.state.epoch - 1 >= self.queue_start_epoch
 
-    def before_step(self, engine: Engine) -> None:
-        if engine.state.iteration - 1 < self.freeze_prototypes_niters:
-            for p in unwrap(engine.network).prototypes.parameters():
-                p.grad = None
+    def compute_loss(self, engine: Engine, views: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        from monai_lessmore.ssl.swav import SwAVLoss
+
+        loss_function = _check_loss(engine, SwAVLoss, "SwAV")
+        embeddings, scores = engine.network(views)
+        if not self._use_queue(engine):
+            return loss_function(scores), None
+        w = unwrap(engine.network).prototypes.weight.detach()
+        queue_scores = [self.queue.get(i).to(w) @ w.t() if self.queue.is_full else None
+                        for i in range(len(loss_function.crops_for_assign))]
+        # the queue is read before this batch is added, as in the authors' code
+        return loss_function(scores, queue_scores), [embeddings[c].detach().float() for c in loss_function.crops_for_assign]
+
+    def update_state(self, engine: Engine, pending: Any) -> None:
+        for i, emb in enumerate(pending or ()):
+            self.queue.enqueue(emb, queue=i)
 
 
 class MoCoStep(SSLStep):
-    """One MoCo v2 step: query/key features of the two views, InfoNCE against the queue, momentum update, enqueue
-    (keys gathered from every rank under DDP, as the official code).
+    """One MoCo v2 step: query/key features of the two views, InfoNCE against the queue (loss: ``MoCoLoss``); then
+    the momentum update and the enqueue of the keys (gathered from every rank under DDP, as the official code).
+
+    The official code updates the key encoder at the start of the next forward pass; updating it right after the
+    optimiser step gives the same key encoder for every key computed.
 
     Args:
-        loss_function: a :class:`~monai_lessmore.ssl.moco.MoCoLoss`.
         queue: :class:`~monai_lessmore.ssl.queue.FeatureQueue` of keys (65,536 x 128).
         momentum: key encoder momentum (0.999).
     """
 
     method = "moco"
 
-    def __init__(self, loss_function: nn.Module, queue: FeatureQueue, momentum: float = 0.999) -> None:
+    def __init__(self, queue: FeatureQueue, momentum: float = 0.999) -> None:
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.loss_function, self.queue, self.momentum = loss_function, queue, float(momentum)
+        self.queue, self.momentum = queue, float(momentum)
 
-    def loss(self, engine: Engine, views: list[torch.Tensor]) -> torch.Tensor:
+    def compute_loss(self, engine: Engine, views: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        from monai_lessmore.ssl.moco import MoCoLoss
+
+        loss_function = _check_loss(engine, MoCoLoss, "MoCo")
         if len(views) != 2:
             raise ValueError(f"MoCo needs 2 views per image, got {len(views)}; use monai_lessmore.ssl.transforms.MoCoTransform")
         q, k = engine.network(views[0], views[1])
         # the whole queue, random-initialised keys included, as the official code: a constant number of negatives
-        negatives = self.queue.data[0].to(q)
-        loss = self.loss_function(q, k, negatives)
-        self._keys = k.detach()
-        return loss
+        return loss_function(q, k, self.queue.data[0].to(q)), k.detach()
 
-    def after_step(self, engine: Engine) -> None:
+    def update_state(self, engine: Engine, pending: Any) -> None:
         from monai_lessmore.ssl.moco import concat_all_gather
 
         unwrap(engine.network).momentum_update(self.momentum)
-        self.queue.enqueue(concat_all_gather(self._keys.float()))
+        self.queue.enqueue(concat_all_gather(pending.float()))
 
 
 class SparKStep(SSLStep):
-    """One SparK step: random patch mask, sparse encoder, light decoder, normalised-pixel L2 on masked patches.
+    """One SparK step: random patch mask, sparse encoder, light decoder (the network returns the reconstruction and
+    the mask), then ``SparKLoss`` -- L2 of per-patch normalised pixels on masked patches.
 
     Args:
         mask_ratio: fraction of 32x32 patches masked (0.6, Table 10).
@@ -176,23 +212,57 @@ class SparKStep(SSLStep):
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.mask_ratio = float(mask_ratio)
 
-    def loss(self, engine: Engine, views: list[torch.Tensor]) -> torch.Tensor:
-        return engine.network(views[0], mask_ratio=self.mask_ratio)
+    def compute_loss(self, engine: Engine, views: list[torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        from monai_lessmore.ssl.spark import SparKLoss
+
+        loss_function = _check_loss(engine, SparKLoss, "SparK")
+        reconstruction, mask = engine.network(views[0], mask_ratio=self.mask_ratio, return_reconstruction=True)
+        return loss_function(reconstruction, views[0], mask), None
 
 
-def _loss_of(output: Mapping[str, float]) -> float:
-    return output["loss"]
+class _DropStartNotice(logging.Filter):
+    """ignite logs "Engine run resuming from iteration 0, epoch 0" at every start, because MONAI's workflow sets
+    ``max_epochs`` before ``run()``; the resume handler says what was really resumed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Engine run resuming from iteration 0, epoch 0 ")
 
 
-def _as_bool(value: Any) -> bool:
-    """Booleans from configs and the command line (``--amp false`` arrives as the string ``"false"``)."""
-    if isinstance(value, str):
-        if value.strip().lower() in ("true", "1", "yes", "on"):
-            return True
-        if value.strip().lower() in ("false", "0", "no", "off", "none", ""):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    return bool(value)
+class SSLTrainer(SupervisedTrainer):
+    """MONAI's ``SupervisedTrainer`` for self-supervised pre-training.
+
+    Differences, nothing else: ``method`` names the method (checked against ``iteration_update``, and used by the
+    checkpoint handlers); ``amp`` accepts config strings and is turned off outside CUDA; ``decollate`` defaults
+    to False (the output is a scalar loss); ignite's "resuming from iteration 0" notice is dropped.
+
+    Args:
+        method: ``"swav"``, ``"moco"`` or ``"spark"``.
+        iteration_update: the method's :class:`SSLStep`.
+        loss_function: the method's loss (``SwAVLoss``, ``MoCoLoss``, ``SparKLoss``), used by the step.
+        train_handlers: the handlers, attached in this order.
+        kwargs: the other arguments of ``monai.engines.SupervisedTrainer``.
+    """
+
+    def __init__(self, method: str, device: str | torch.device, max_epochs: int, train_data_loader: Any,
+                 network: nn.Module, optimizer: torch.optim.Optimizer, loss_function: Callable,
+                 iteration_update: SSLStep, train_handlers: Sequence | None = None, amp: bool | str = False,
+                 epoch_length: int | None = None, **kwargs: Any) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if getattr(iteration_update, "method", None) != method:
+            raise ValueError(f"iteration_update {type(iteration_update).__name__} trains "
+                             f"{getattr(iteration_update, 'method', None)!r}, but method={method!r}")
+        if int(max_epochs) < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+        device = torch.device(device)
+        amp = as_bool(amp) and device.type == "cuda"  # mixed precision on CUDA only
+        kwargs.setdefault("decollate", False)
+        super().__init__(device=device, max_epochs=int(max_epochs), train_data_loader=train_data_loader,
+                         network=network, optimizer=optimizer, loss_function=loss_function,
+                         iteration_update=iteration_update, train_handlers=train_handlers, amp=amp,
+                         epoch_length=epoch_length, **kwargs)
+        self.method = method
+        self.logger.addFilter(_DropStartNotice())
 
 
 def _convert_plain_bn_to_sync(module: nn.Module) -> nn.Module:
@@ -218,7 +288,7 @@ def wrap_ddp(module: nn.Module, device: str | torch.device, sync_bn: bool = Fals
     module = module.to(device)
     if not _is_dist():
         return module
-    if _as_bool(sync_bn):
+    if as_bool(sync_bn):
         if device.type != "cuda":
             raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); set --sync_bn false on CPU/gloo")
         if getattr(module, "shuffle_bn", False):
@@ -241,7 +311,7 @@ def build_loader(dataset: Any, batch_size: int, *, num_workers: int = 0, shuffle
 
     from monai_lessmore.ssl.data import check_batch_size
 
-    distributed = _as_bool(distributed)
+    distributed = as_bool(distributed)
     world = torch.distributed.get_world_size() if distributed and _is_dist() else 1
     check_batch_size(len(dataset), batch_size, world)
     sampler = None
@@ -250,78 +320,3 @@ def build_loader(dataset: Any, batch_size: int, *, num_workers: int = 0, shuffle
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=int(num_workers), drop_last=True, pin_memory=pin_memory,
                       persistent_workers=int(num_workers) > 0)
-
-
-def build_trainer(
-    *,
-    method: str,
-    network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train_loader: Any,
-    step: SSLStep,
-    max_epochs: int,
-    lr_schedule: Sequence[float] | None,
-    output_dir: str,
-    device: str | torch.device = "cpu",
-    extra_state: Mapping[str, Any] | None = None,
-    resume: str | None = "auto",
-    save_interval: int = 1,
-    amp: bool = False,
-    progress_bar: bool = True,
-    tensorboard: bool = True,
-    log_every: int = 10,
-    epoch_length: int | None = None,
-) -> Engine:
-    """Assemble the ``SupervisedTrainer`` and its handlers.
-
-    Handlers, in order: resume (STARTED), LR schedule (ITERATION_STARTED), NaN stop, epoch loss history,
-    atomic checkpoint every ``save_interval`` epochs (rank 0), stats + TensorBoard + progress bar (rank 0).
-    Checkpoint content: ``model``, ``optimizer``, ``trainer`` (epoch, iteration), ``loss_history``, ``extra_state``
-    (queues ...), the AMP scaler when used, and the method tag.
-    """
-    from monai.engines import SupervisedTrainer
-    from monai.handlers import StatsHandler, TensorBoardStatsHandler
-
-    from monai_lessmore.ssl.handlers import (
-        AtomicCheckpointSaver, EpochLossHistory, LRScheduleHandler, ResumeCheckpointLoader, StopOnNonFiniteLoss, is_rank0,
-    )
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if step.method != method:
-        raise ValueError(f"step {type(step).__name__} trains {step.method!r}, but method={method!r}")
-    if int(max_epochs) < 1:
-        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
-    device = torch.device(device)
-    amp = _as_bool(amp) and device.type == "cuda"
-    progress_bar, tensorboard = _as_bool(progress_bar), _as_bool(tensorboard)
-    trainer = SupervisedTrainer(
-        device=device, max_epochs=int(max_epochs), train_data_loader=train_loader, network=network, optimizer=optimizer,
-        loss_function=getattr(step, "loss_function", None) or (lambda *a: None), iteration_update=step, amp=amp,
-        decollate=False, epoch_length=epoch_length,
-    )
-    history = EpochLossHistory(output_file=os.path.join(output_dir, "loss_history.json"))
-    state = {"model": network, "optimizer": optimizer, "trainer": trainer, "loss_history": history}
-    state.update(dict(extra_state or {}))
-    if amp and trainer.scaler is not None:
-        state["scaler"] = trainer.scaler
-    saver = AtomicCheckpointSaver(output_dir, state, method, save_interval=save_interval)
-    handlers: list = [ResumeCheckpointLoader(resume, state, method, save_dir=output_dir, map_location=device)]
-    if lr_schedule is not None:
-        handlers.append(LRScheduleHandler(optimizer, lr_schedule))
-    handlers += [StopOnNonFiniteLoss("loss", saver.path), history, saver]
-    if is_rank0():
-        handlers.append(StatsHandler(name="lessmore.ssl", tag_name="loss", output_transform=_loss_of,
-                                     iteration_log=max(1, int(log_every))))
-        if tensorboard:
-            handlers.append(TensorBoardStatsHandler(log_dir=os.path.join(output_dir, "tensorboard"), tag_name="loss",
-                                                    output_transform=_loss_of))
-    for h in handlers:
-        h.attach(trainer)
-    if progress_bar and is_rank0():
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
-    trainer.checkpoint_path = saver.path
-    trainer.loss_history = history
-    return trainer

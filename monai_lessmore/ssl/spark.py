@@ -235,7 +235,10 @@ class SparKModel(nn.Module):
         """The ResNet50 inside the sparse encoder: what is exported (torchvision key names)."""
         return self.encoder.resnet
 
-    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, mask: torch.Tensor | None = None,
+                return_reconstruction: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The loss; or, with ``return_reconstruction``, ``(reconstruction, mask)`` for a separate ``SparKLoss``
+        (the bundle's training step)."""
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"SparK input {h}x{w} must be a multiple of the {self.patch_size} px patch; set input_size accordingly")
@@ -244,4 +247,6 @@ class SparKModel(nn.Module):
             mask = random_patch_mask(x.shape[0], (h // self.patch_size, w // self.patch_size), ratio, device=x.device)
         feats = self.encoder(x, mask)
         rec = self.decoder(feats, mask)
+        if return_reconstruction:
+            return rec, mask
         return self.loss_function(rec, x, mask)

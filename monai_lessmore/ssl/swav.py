@@ -1,4 +1,4 @@
-"""SwAV (Caron et al., 2020) as used by Wolf et al. 2024 (paper appendix A, Table 8; spec section 3).
+"""SwAV (Caron et al., 2020) as used by Wolf et al. 2024 (paper appendix A, Table 8).
 
 Split as in lightly: :func:`sinkhorn` (the equal-partition constraint, distributed under DDP),
 :class:`SwAVProjectionHead` (MLP 2048 -> 2048 -> 128), :class:`SwAVPrototypes` (500 normalised prototypes),

@@ -1,10 +1,13 @@
 """The lessmore_ssl_pretrain bundle end to end through ``monai.bundle``: tiny CPU runs of SwAV (and MoCo, SparK),
-export, resume after a kill, and the bad-input paths. Tiny settings: 64 px input, batch 4, 8 slices."""
+export per method, resume after a kill, handlers / optimiser / network changed from JSON alone, warnings for
+settings of another method, and the bad-input paths. Tiny settings: 64 px input, batch 4, 8 slices."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import warnings
 import os
 import signal
 import subprocess
@@ -100,8 +103,10 @@ def test_verify_net_in_out_on_exported_encoder():
                       config_file=str(CONFIGS / "train.json"), device="cpu", n=1)
 
 
-def test_swav_end_to_end_and_export(phantom_dir, tmp_path):
-    trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=1)
+def test_swav_end_to_end_and_export(phantom_dir, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="monai_lessmore.ssl.handlers"):
+        trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=1)
+    assert any(r.getMessage().endswith(f"exported to {tmp_path / 'model.pt'}") for r in caplog.records)
     assert trainer.state.epoch == 1 and trainer.state.iteration == 2
     assert math.isfinite(_history(tmp_path)[0])
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -130,6 +135,70 @@ def test_moco_and_spark_end_to_end(method, phantom_dir, tmp_path):
     assert sorted(res.missing_keys) == ["fc.bias", "fc.weight"] and not res.unexpected_keys
 
 
+def test_export_path_per_method():
+    """SwAV exports to models/model.pt (model-zoo convention), MoCo and SparK beside it: no run overwrites another
+    method's encoder."""
+    from monai.bundle import ConfigParser
+
+    for method, name in [("swav", "model.pt"), ("moco", "model_moco.pt"), ("spark", "model_spark.pt")]:
+        parser = ConfigParser()
+        parser.read_config(FILES[method])
+        assert parser.get_parsed_content("export_path") == "bundles/lessmore_ssl_pretrain/models/" + name
+
+
+@pytest.mark.parametrize(
+    "method, overrides, expected",
+    [
+        ("moco", {"crop_sizes": [32, 16], "num_crops": [2, 2]}, ["crop_sizes=[32, 16] is ignored by moco: MoCo makes two crops of one size: set crop_size",
+                                                                  "num_crops=[2, 2] is ignored by moco"]),
+        ("moco", {"input_size": 64}, ["moco crops of [224] px are larger than the 64 px input"]),
+        ("swav", {"crop_size": 32}, ["crop_size=32 is ignored by swav: SwAV's crops are a list"]),
+        ("spark", {"key_momentum": 0.99}, ["key_momentum=0.99 is ignored by spark: it is a moco setting"]),
+        ("spark", {}, []),
+        ("moco", {"crop_size": 32, "input_size": 64}, []),
+    ],
+)
+def test_settings_of_another_method_warn(method, overrides, expected):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(FILES[method])
+    parser.update(overrides)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parser.get_parsed_content("initialize")
+    got = [str(w.message) for w in caught if "ignored by" in str(w.message) or "larger than the" in str(w.message)]
+    assert len(got) == len(expected), got
+    for message, start in zip(got, expected):
+        assert message.startswith(start), (message, start)
+
+
+def test_handler_added_by_config_override_fires(phantom_dir, tmp_path, capsys):
+    """A MONAI StatsHandler with another iteration_log, added through an override only."""
+    extra = [{
+        "_target_": "monai.handlers.StatsHandler", "name": "lessmore.test_extra_handler", "tag_name": "extra_loss",
+        "iteration_log": True, "epoch_log": False, "output_transform": "$lambda output: output['loss']",
+    }]
+    trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=1, extra_handlers=extra)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "extra_loss: " in ln]
+    assert len(lines) == trainer.state.iteration == 2, lines  # every iteration, where the bundle's logs every 100
+
+
+def test_optimizer_swapped_from_json(phantom_dir, tmp_path):
+    sgd = {"_target_": "torch.optim.SGD", "params": "$@network.parameters()", "lr": 0.01, "momentum": 0.5}
+    trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=1, optimizer=sgd)
+    assert type(trainer.optimizer) is torch.optim.SGD
+    opt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]
+    assert opt["param_groups"][0]["momentum"] == 0.5 and opt["state"]  # SGD state, after the LR schedule's steps
+
+
+def test_network_swapped_from_json(phantom_dir, tmp_path):
+    net = {"_target_": "monai_lessmore.ssl.swav.SwAVModel", "hidden_dim": 64, "output_dim": 32, "num_prototypes": 16}
+    trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=1, network_def=net)
+    assert trainer.network.prototypes.weight.shape == (16, 32)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]["prototypes.layers.weight"].shape == (16, 32)
+
+
 def test_export_loads_into_torchvision(phantom_dir, tmp_path):
     from monai_lessmore.utils.torchvision_compat import import_torchvision
 
@@ -149,7 +218,7 @@ def test_run_entry_point_and_cli(phantom_dir, tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", FILES["swav"][0]]
     for k, v in _overrides("swav", phantom_dir, tmp_path).items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, (list, bool)) or v is None else str(v)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "model.pt").is_file()
 
@@ -210,7 +279,9 @@ def test_kill_and_resume_continues_from_saved_epoch(phantom_dir, tmp_path):
         proc.wait()
     saved = _saved_epoch(torch.load(ckpt, weights_only=True))
     assert saved >= 1
+    assert len(_history(tmp_path)) <= saved  # never an epoch beyond the checkpoint's
     trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=saved + 1, save_interval=1)
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
     assert trainer.state.resumed_epoch == saved
     assert trainer.state.epoch == saved + 1 and trainer.state.iteration == 2 * (saved + 1)
     assert len(_history(tmp_path)) == saved + 1

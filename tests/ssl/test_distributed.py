@@ -88,7 +88,7 @@ def _queue_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for i in range(rank + 2):  # different contents and fill levels per rank
             queue.enqueue(torch.full((2, 2), 10.0 * rank + i), queue=0)
             queue.enqueue(torch.full((2, 2), -10.0 * rank - i), queue=1)
-        engine = SimpleNamespace(state=SimpleNamespace(epoch=1, max_epochs=1))
+        engine = SimpleNamespace(state=SimpleNamespace(epoch=1, max_epochs=1), state_dict=lambda: {})  # the trainer
         AtomicCheckpointSaver(out_dir, {"queue": queue}, method="swav")(engine)  # gathers on every rank, rank 0 writes
         dist.barrier()
         resumed = FeatureQueue(size=5, dim=2, num_queues=2, per_rank=True)
