@@ -146,6 +146,18 @@ def test_export_path_per_method():
         assert parser.get_parsed_content("export_path") == "bundles/lessmore_ssl_pretrain/models/" + name
 
 
+def test_duplicate_volumes_switch():
+    """One override turns the dataset-level duplicate filter on; the default keeps every volume."""
+    from monai.bundle import ConfigParser
+
+    for override, expected in [(None, None), ({}, {}), ("runs/dup/duplicates.csv", "runs/dup/duplicates.csv")]:
+        parser = ConfigParser()
+        parser.read_config(FILES["swav"])
+        if override is not None:
+            parser["reduction_duplicates"] = override
+        assert parser.get_parsed_content("reduction").duplicates == expected
+
+
 @pytest.mark.parametrize(
     "method, overrides, expected",
     [
