@@ -1,4 +1,4 @@
-"""View-making transforms of the three methods (spec section 3), in plain torch with torchvision's semantics.
+"""View-making transforms of the three methods (paper appendices A-C), in plain torch with torchvision's semantics.
 
 The operations re-state ``torchvision.transforms`` (``RandomResizedCrop``, ``ColorJitter``,
 ``RandomGrayscale``, ``GaussianBlur``, ``RandomHorizontalFlip``, ``Normalize``; tested against
@@ -26,7 +26,7 @@ from torch import nn
 
 __all__ = ["SwAVTransform", "MoCoTransform", "SparKTransform", "MakeViewsd", "MakeViewsD", "MakeViewsDict",
            "IMAGENET_MEAN", "IMAGENET_STD",
-           "random_resized_crop", "color_jitter", "gaussian_blur"]
+           "random_resized_crop", "color_jitter", "adjust_hue", "gaussian_blur"]
 
 #: ImageNet normalisation, as all three reference implementations normalise their inputs.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,15 +40,62 @@ def _check_pair(name: str, lo: float, hi: float) -> None:
         raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got ({lo}, {hi})")
 
 
+#: torchvision's ``rgb_to_grayscale`` weights (ITU-R 601 luma as torchvision rounds it: they sum to 0.9999).
+_LUMA = (0.2989, 0.587, 0.114)
+
+
 def _luma(img: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma ``(1, H, W)`` as torchvision's ``rgb_to_grayscale``.
+    """Luma ``(1, H, W)`` as torchvision's ``rgb_to_grayscale`` (weights 0.2989, 0.587, 0.114).
 
     A one-channel image stands for a gray RGB image (three equal channels): the same three products are summed in
     the same order, so the result is bit-identical to that of the replicated image.
     """
+    r, g, b = _LUMA
     if img.shape[0] == 1:
-        return 0.299 * img + 0.587 * img + 0.114 * img
-    return (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]).unsqueeze(0)
+        return r * img + g * img + b * img
+    return (r * img[0] + g * img[1] + b * img[2]).unsqueeze(0)
+
+
+def _is_gray(img: torch.Tensor) -> bool:
+    return img.shape[0] == 1 or (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2]))
+
+
+def adjust_hue(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """Shift the hue of a ``(3, H, W)`` ``[0, 1]`` RGB image by ``factor`` (in ``[-0.5, 0.5]``, a fraction of the
+    colour wheel), as torchvision's ``adjust_hue``: RGB -> HSV, ``h = (h + factor) mod 1``, HSV -> RGB.
+
+    A gray image (one channel, or equal channels) has saturation 0, for which the HSV round trip returns the value
+    channel exactly: it is returned unchanged.
+    """
+    if not -0.5 <= factor <= 0.5:
+        raise ValueError(f"hue factor must be in [-0.5, 0.5], got {factor}")
+    if _is_gray(img):
+        return img
+    maxc, minc = img.max(dim=0).values, img.min(dim=0).values
+    chroma = maxc - minc
+    gray = maxc == minc
+    sat = chroma / torch.where(gray, torch.ones_like(maxc), maxc)
+    safe = torch.where(gray, torch.ones_like(chroma), chroma)
+    rc, gc, bc = ((maxc - img[i]) / safe for i in range(3))
+    r, g = img[0], img[1]
+    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.fmod(hue / 6.0 + 1.0, 1.0)
+    hue = torch.where(gray, torch.zeros_like(hue), hue)
+    hue = torch.remainder(hue + factor, 1.0)
+    # back to RGB: sector i of the hue circle, fraction f within it
+    h6 = hue * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.to(torch.int64) % 6
+    v = maxc
+    p = (v * (1.0 - sat)).clamp(0, 1)
+    q = (v * (1.0 - sat * f)).clamp(0, 1)
+    t = (v * (1.0 - sat * (1.0 - f))).clamp(0, 1)
+    table = torch.stack([  # (6 sectors, 3 channels, H, W)
+        torch.stack([v, t, p]), torch.stack([q, v, p]), torch.stack([p, v, t]),
+        torch.stack([p, q, v]), torch.stack([t, p, v]), torch.stack([v, p, q]),
+    ])
+    return torch.gather(table, 0, i[None, None].expand(1, 3, *i.shape))[0]
 
 
 def random_resized_crop(img: torch.Tensor, size: int, scale: Sequence[float], rng: np.random.RandomState,
@@ -82,8 +129,8 @@ def random_resized_crop(img: torch.Tensor, size: int, scale: Sequence[float], rn
 def color_jitter(img: torch.Tensor, jitter: Sequence[float], rng: np.random.RandomState) -> torch.Tensor:
     """torchvision's ``ColorJitter(brightness, contrast, saturation, hue)`` in a random order, on ``[0, 1]`` RGB.
 
-    Hue is implemented for grayscale-replicated images only (all channels equal), where it is an exact no-op:
-    the CT slices here are always such images, and brightness/contrast/saturation keep them gray.
+    The hue factor is drawn uniformly in ``[-hue, hue]`` and applied with :func:`adjust_hue`; on gray images (the
+    CT slices here, which brightness/contrast/saturation keep gray) it changes nothing, as in torchvision.
     """
     b, c, s, h = jitter
     for op in rng.permutation(4):
@@ -96,9 +143,7 @@ def color_jitter(img: torch.Tensor, jitter: Sequence[float], rng: np.random.Rand
             f = rng.uniform(max(0.0, 1 - s), 1 + s)
             img = (f * img + (1 - f) * _luma(img)).clamp(0, 1)
         elif op == 3 and h > 0:
-            rng.uniform(-h, h)  # drawn to keep the random stream identical to the colour case
-            if img.shape[0] != 1 and not (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])):
-                raise NotImplementedError("hue jitter is implemented for grayscale-replicated images only")
+            img = adjust_hue(img, rng.uniform(-h, h))
     return img
 
 
@@ -135,6 +180,8 @@ class _ViewPipeline(Randomizable):
         _check_pair("crop scale", *scale)
         if len(jitter) != 4:
             raise ValueError(f"jitter must be (brightness, contrast, saturation, hue), got {list(jitter)}")
+        if min(jitter) < 0 or not jitter[3] <= 0.5:
+            raise ValueError(f"jitter strengths must be >= 0 and hue <= 0.5 (as torchvision's ColorJitter), got {list(jitter)}")
         for name, p in (("jitter_p", jitter_p), ("grayscale_p", grayscale_p), ("blur_p", blur_p), ("flip_p", flip_p)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")

@@ -50,8 +50,16 @@ def test_color_jitter_keeps_gray_and_range():
     out = color_jitter(_gray(), (0.4, 0.4, 0.2, 0.2), np.random.RandomState(1))
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
     assert out.min() >= 0 and out.max() <= 1
-    with pytest.raises(NotImplementedError, match="grayscale"):
-        color_jitter(torch.rand(3, 8, 8), (0, 0, 0, 0.2), np.random.RandomState(0))
+    with pytest.raises(ValueError, match="hue"):
+        SwAVTransform(jitter=(0.4, 0.4, 0.2, 0.6))
+
+
+def test_hue_jitter_changes_colour_images_only():
+    img = torch.rand(3, 8, 8)
+    out = color_jitter(img, (0, 0, 0, 0.2), np.random.RandomState(0))
+    assert not torch.allclose(out, img)
+    gray = _gray(8)
+    assert torch.equal(color_jitter(gray, (0, 0, 0, 0.5), np.random.RandomState(0)), gray)
 
 
 def test_gaussian_blur_keeps_constant_and_smooths():
@@ -120,7 +128,25 @@ def test_jitter_ops_match_torchvision(tvf, op, name):
     jitter = [0.0, 0.0, 0.0, 0.0]
     jitter[op] = 0.4
     out = color_jitter(img, jitter, OneOp())
-    torch.testing.assert_close(out, getattr(tvf, name)(img, 1.3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out, getattr(tvf, name)(img, 1.3), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("factor", [-0.5, -0.2, 0.0, 0.13, 0.37, 0.5])
+def test_adjust_hue_matches_torchvision(tvf, factor):
+    from monai_lessmore.ssl.transforms import adjust_hue
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 16, 16, generator=g)
+    img[:, 0, :4] = torch.rand(1, 4, generator=g)  # some gray pixels (saturation 0)
+    img[:, 1, :4] = torch.tensor([[1.0], [0.0], [0.0]])  # pure colours at the sector edges
+    torch.testing.assert_close(adjust_hue(img, factor), tvf.adjust_hue(img, factor), atol=1e-5, rtol=0)
+
+
+def test_grayscale_weights_match_torchvision(tvf):
+    from monai_lessmore.ssl.transforms import _luma
+
+    img = torch.rand(3, 8, 8)
+    torch.testing.assert_close(_luma(img), tvf.rgb_to_grayscale(img), atol=1e-6, rtol=0)
 
 
 def test_blur_matches_torchvision(tvf):
