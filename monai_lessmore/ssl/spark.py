@@ -110,6 +110,7 @@ def convert_sparse_bn_to_sync(module: nn.Module) -> nn.Module:
             sync = SparseSyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             sync.load_state_dict(child.state_dict())
             sync.holder = child.holder
+            sync.train(child.training)
             ref = next(child.buffers(), None)
             setattr(module, name, sync if ref is None else sync.to(ref.device))
         else:

@@ -307,3 +307,22 @@ def test_decoder_initialisation_rules():
         assert t.abs().max() <= 0.02 and t.std() > 0.005
     assert not any(isinstance(m, torch.nn.ReLU6) for m in [dec.blocks[0].conv[-1]])
     assert isinstance(dec.densify_norms[0], SparseBatchNorm2d)
+
+
+def test_convert_sparse_bn_to_sync_keeps_state_and_outputs():
+    """For DDP (the reference's SparseSyncBatchNorm2d): same keys, state and mask holder; eval outputs unchanged."""
+    from monai_lessmore.ssl.spark import SparseSyncBatchNorm2d, convert_sparse_bn_to_sync
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1), torch.nn.BatchNorm2d(4))
+    holder = sparsify_(net)
+    net[1].running_mean.uniform_(-1, 1)
+    net.eval()
+    holder.mask = torch.tensor([[[[True, False], [True, True]]]])
+    x = torch.randn(1, 2, 4, 4)
+    before = net(x)
+    keys = list(net.state_dict())
+    convert_sparse_bn_to_sync(net)
+    assert isinstance(net[1], SparseSyncBatchNorm2d) and net[1].holder is holder
+    assert list(net.state_dict()) == keys
+    torch.testing.assert_close(net(x), before)
+    assert not net(x)[0, :, 0, 2:].any()  # masked patch stays empty
