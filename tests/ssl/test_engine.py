@@ -180,4 +180,5 @@ def test_sync_bn_conversion_keeps_sparse_bn():
     _convert_plain_bn_to_sync(m)
     assert list(m.state_dict()) == keys
     assert isinstance(m.encoder.resnet.bn1, SparseBatchNorm2d)  # sparse statistics kept
-    assert isinstance(m.decoder.densify_norms[0], torch.nn.SyncBatchNorm)
+    assert isinstance(m.decoder.densify_norms[0], SparseBatchNorm2d)  # SparK densifies with a sparse BN too
+    assert isinstance(m.decoder.blocks[0].conv[1], torch.nn.SyncBatchNorm)  # the U-Net's dense BNs are converted
