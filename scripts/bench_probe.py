@@ -94,6 +94,7 @@ def main(argv=None) -> int:
             probe_s.append(time.perf_counter() - t)
             r = bench_ignite("swav", overrides, steps=args.steps, warmup=1)
             per_slice.append(1.0 / r["images_per_s"])
+            print(f"probe {probe_s[-1]:.2f} s, pre-training {per_slice[-1]:.3f} s/slice", file=sys.stderr, flush=True)
     p, s = statistics.median(probe_s), statistics.median(per_slice)
     epoch = args.epoch_slices * s
     ratio = p / (args.interval * epoch)
