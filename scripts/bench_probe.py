@@ -86,7 +86,8 @@ def main(argv=None) -> int:
         write_phantom_dataset(phantom, n_volumes=2, slices=(20, 24), size=512)
         overrides = {"dataset_dir": str(phantom), "reduction_method": "none", "batch_size": args.batch_size,
                      "num_workers": 0, "amp": False, "progress_bar": False, "tensorboard": False,
-                     "output_dir": str(tmp / "pretrain"), "resume": None, "device": "cpu"}
+                     "output_dir": str(tmp / "pretrain"), "resume": None, "device": "$torch.device('cpu')",
+                     "max_epochs": 1, "log_every": 10**6, "save_interval": 10**6}
         probe_s, per_slice = [], []
         for _ in range(args.repeats):  # alternate the two measurements
             t = time.perf_counter()
