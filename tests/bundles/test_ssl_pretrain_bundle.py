@@ -196,6 +196,21 @@ def test_handler_added_by_config_override_fires(phantom_dir, tmp_path, capsys):
     assert len(lines) == trainer.state.iteration == 2, lines  # every iteration, where the bundle's logs every 100
 
 
+@pytest.mark.slow
+def test_probe_switch_scores_the_encoder_during_pretraining(phantom_dir, tmp_path):
+    """probe=true alone (plus where the labelled set is) turns the downstream probe on: scores and best_probe.pt."""
+    from tests.ssl.test_probe import _class_folders
+
+    labelled = _class_folders(tmp_path / "labelled")
+    run_bundle("swav", phantom_dir, tmp_path / "run", max_epochs=2, probe=True, probe_dataset="folder",
+               probe_data_root=str(labelled), probe_interval=1, probe_items=12, probe_image_size=32)
+    scores = json.loads((tmp_path / "run" / "probe_metrics.json").read_text())
+    assert [r["epoch"] for r in scores["probes"]] == [1, 2], scores
+    assert (tmp_path / "run" / "best_probe.pt").is_file()
+    run_bundle("swav", phantom_dir, tmp_path / "off", max_epochs=1, probe_data_root=str(labelled))
+    assert not (tmp_path / "off" / "probe_metrics.json").exists()  # off by default
+
+
 def test_optimizer_swapped_from_json(phantom_dir, tmp_path):
     sgd = {"_target_": "torch.optim.SGD", "params": "$@network.parameters()", "lr": 0.01, "momentum": 0.5}
     trainer = run_bundle("swav", phantom_dir, tmp_path, max_epochs=1, optimizer=sgd)
