@@ -12,8 +12,10 @@ It does three things, each also available alone:
   the console level: MONAI's "nvImageCodec is not available" (printed whenever a ``LoadImage`` is built on a machine
   without NVIDIA's codec; pydicom's own decoders are then used), MONAI's warning that a config is evaluated with
   ``eval()`` (repeated for every config a run parses in-process; our bundles are the configs being run), and
-  ignite's per-engine bookkeeping at INFO ("Engine run resuming from iteration 0, epoch 0", "Epoch[1] Complete",
-  emitted by every trainer *and* every validation run). Warnings and errors of those libraries still show.
+  ignite's per-engine bookkeeping at INFO ("Engine run resuming from iteration 0, epoch 0", "Epoch[1] Complete.
+  Time taken", MONAI's "Got new best metric", emitted by every trainer *and* every validation run), dropped by a
+  filter on the console handlers of the root logger. Warnings and errors of those libraries still show, and so do
+  the lines of a ``StatsHandler`` that logs through the engine's logger.
 * :func:`bar_safe_console` -- console log handlers write through ``tqdm.write``, which clears the progress bars,
   writes the line and redraws them, so a log line never lands in the middle of a bar (bars are on stderr, the
   bundles log to stdout; both usually end on one terminal).
@@ -31,6 +33,7 @@ starts, and a user can do the same (``PYTHONWARNINGS="ignore:parsing config_file
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from types import TracebackType
@@ -50,11 +53,14 @@ _QUIET_WARNINGS = (
     ("parsing config_file ", UserWarning),  # monai.bundle: configs are eval()-ed (we run our own configs)
     ("NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register", UserWarning),
 )
-# loggers whose INFO records are bookkeeping: they are raised to WARNING
+# loggers whose records below a level are not for the user
 _QUIET_LOGGERS = {
     "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR,  # "nvImageCodec is not available; skipping ..."
-    "ignite.engine.engine": logging.WARNING,  # "Engine run resuming from iteration 0, epoch 0", "Epoch[1] Complete"
 }
+# INFO records of ignite engines' loggers ("ignite.engine.engine.<class>") that are bookkeeping
+_ENGINE_BOOKKEEPING = re.compile(
+    r"^(Engine run (starting|resuming|finished)\b|Epoch\[\d+\] Complete\. Time taken|Got new best metric of )"
+)
 
 #: environment for a child ``python -m monai.bundle run``: MONAI's ``eval()`` notice is printed before any of our
 #: code runs there, so only a warnings filter given at interpreter start reaches it.
@@ -63,14 +69,30 @@ QUIET_WARNINGS_ENV = {"PYTHONWARNINGS": "ignore:parsing config_file"}
 _CONFIG_WRAPPERS = ("Failed to evaluate ", "Failed to instantiate component ")
 
 
-def quiet_library_notices() -> None:
-    """Lower MONAI's and ignite's routine notices below the console (see the module docstring); idempotent."""
+class _EngineBookkeepingFilter(logging.Filter):
+    """Drop ignite's per-engine INFO bookkeeping (run started/resumed/finished, epoch time, new best metric)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("ignite.engine.engine") and record.levelno < logging.WARNING
+                    and _ENGINE_BOOKKEEPING.match(str(record.msg)) is not None)
+
+
+def quiet_library_notices(logger: logging.Logger | None = None) -> None:
+    """Keep MONAI's and ignite's routine notices off the console (see the module docstring); idempotent.
+
+    Args:
+        logger: the logger whose handlers get the ignite filter (default: the root logger, where the bundles'
+            ``logging.conf`` and ``logging.basicConfig`` put the console handler).
+    """
     for message, category in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name, level in _QUIET_LOGGERS.items():
-        logger = logging.getLogger(name)
-        if logger.level < level:
-            logger.setLevel(level)
+        quiet = logging.getLogger(name)
+        if quiet.level < level:
+            quiet.setLevel(level)
+    for handler in (logging.getLogger() if logger is None else logger).handlers:
+        if not any(isinstance(f, _EngineBookkeepingFilter) for f in handler.filters):
+            handler.addFilter(_EngineBookkeepingFilter())
 
 
 class _BarSafeStream:

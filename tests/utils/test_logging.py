@@ -65,27 +65,34 @@ def test_library_notices_are_quiet():
             records.append(record)
 
     keep = Keep()
+    root = logging.getLogger()
     nv = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
     engine = logging.getLogger("ignite.engine.engine.SupervisedTrainer")
-    old = (nv.level, logging.getLogger("ignite.engine.engine").level)
-    nv.addHandler(keep)
-    engine.addHandler(keep)
+    old = (nv.level, engine.level, nv.propagate, engine.propagate)
+    root.addHandler(keep)
+    engine.setLevel(logging.INFO)
+    nv.propagate = engine.propagate = True
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             console.quiet_library_notices()
+            console.quiet_library_notices()  # idempotent: one filter
+            assert len(keep.filters) == 1
             LoadImage()  # builds MONAI's nvImageCodec DICOM reader, which logs and warns without the codec
             warnings.warn("parsing config_file x.json: any ... eval() ...", UserWarning)
             engine.info("Engine run resuming from iteration 0, epoch 0 until 2 epochs")
+            engine.info("Epoch[1] Complete. Time taken: 00:00:13.498")
+            engine.info("Epoch: 1/2, Iter: 1/4 -- loss: 6.5438")  # a StatsHandler line through the engine's logger
             engine.warning("a real warning")
     finally:
-        nv.removeHandler(keep)
-        engine.removeHandler(keep)
+        root.removeHandler(keep)
         nv.setLevel(old[0])
-        logging.getLogger("ignite.engine.engine").setLevel(old[1])
+        engine.setLevel(old[1])
+        nv.propagate, engine.propagate = old[2], old[3]
     messages = [r.getMessage() for r in records] + [str(w.message) for w in caught]
-    assert not [m for m in messages if "nvImageCodec" in m or "parsing config_file" in m or "resuming" in m], messages
-    assert "a real warning" in messages
+    assert not [m for m in messages if "nvImageCodec" in m or "parsing config_file" in m or "resuming" in m
+                or "Complete. Time taken" in m], messages
+    assert "a real warning" in messages and "Epoch: 1/2, Iter: 1/4 -- loss: 6.5438" in messages
 
 
 def test_log_lines_do_not_garble_a_progress_bar():
