@@ -72,6 +72,7 @@ def test_snippets_are_found():
     assert any(doc.name == "README.md" for doc, *_ in (p.values for p in SNIPPETS))
 
 
+@pytest.mark.slow  # builds a ResNet50, reads and reduces volumes: several seconds on two shared cores
 @pytest.mark.parametrize("doc, line, code", SNIPPETS)
 def test_snippet_runs(doc, line, code, workspace, monkeypatch):
     import torch
