@@ -1,6 +1,7 @@
 """Every Python snippet of README.md and docs/*.md runs as written.
 
-Each ```` ```python ```` block runs in a fresh namespace, in a temporary folder holding the files the docs name
+Each ```` ```python ```` block runs in a fresh namespace (with the imports of the page's earlier blocks), in a temporary
+folder holding the files the docs name
 (made here from the phantom: ``ct.nii.gz``, ``ct_001.nii.gz``, a DICOM series ``dicom/series_002`` of another
 slice size, and ``bundles/lessmore_hash6_resnet50`` with random encoder weights). The names the prose around a
 snippet introduces without defining them in code are given too: ``datalist`` (a list of volume items), ``volume_shw``
@@ -13,6 +14,7 @@ that reason.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -28,15 +30,27 @@ _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
 _NOT_RUNNABLE = re.compile(r"<!--\s*not-runnable:\s*(.*?)\s*-->\s*$")
 
 
+def _imports(code: str) -> str:
+    """The import statements of ``code`` (a page reads top to bottom: later snippets use earlier imports)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return ""
+    return "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+
 def _snippets():
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
+        earlier = []
         for m in _BLOCK.finditer(text):
             line = text.count("\n", 0, m.start()) + 1
             before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
             reason = _NOT_RUNNABLE.search(before)
             marks = [pytest.mark.skip(reason=reason.group(1))] if reason else []
-            yield pytest.param(doc, line, m.group(1), id=f"{doc.relative_to(REPO_ROOT)}:{line}", marks=marks)
+            code = "\n".join([*earlier, m.group(1)])
+            yield pytest.param(doc, line, code, id=f"{doc.relative_to(REPO_ROOT)}:{line}", marks=marks)
+            earlier.append(_imports(m.group(1)))
 
 
 SNIPPETS = list(_snippets())
