@@ -6,7 +6,8 @@ few test images.
 
 * t-SNE is scikit-learn's ``TSNE`` (perplexity 30, PCA initialisation), as the authors used.
 * Grad-CAM is ``monai.visualize.GradCAM`` on ``layer4`` (the authors used pytorch-grad-cam, not a dependency).
-* Plots are drawn with Pillow: a scatter plot and heat-map overlays need nothing more.
+* Plots are matplotlib's (the non-interactive Agg canvas, so no display is needed): a scatter plot with the
+  ``tab10`` colours and a legend, and the heat maps coloured with the ``jet`` colour map.
 """
 
 from __future__ import annotations
@@ -19,16 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 __all__ = ["penultimate_features", "tsne", "scatter_png", "gradcam_pngs", "run_analysis"]
 
 logger = logging.getLogger(__name__)
-
-# Tableau-10 colours, repeated for more classes
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
 
 @torch.no_grad()
 def penultimate_features(
@@ -61,32 +57,47 @@ def tsne(features: np.ndarray, *, perplexity: float = 30.0, seed: int = 0) -> np
 
 def scatter_png(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | Path,
                 *, size: int = 640, title: str = "") -> Path:
-    """Scatter plot of 2-D points coloured by class, with a legend, as a PNG."""
+    """Scatter plot of 2-D points coloured by class (matplotlib's ``tab10``), with a legend, as a PNG.
+
+    Args:
+        points: ``(N, 2)`` coordinates.
+        labels: class index per point; negative for unlabelled points (drawn black).
+        class_names: legend entries, by class index.
+        path: the PNG to write (parent folders are created).
+        size: height of the figure in pixels (the width adds room for the legend).
+        title: optional title.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.new("RGB", (size + 160, size), "white")
-    draw = ImageDraw.Draw(img)
-    lo, hi = points.min(0), points.max(0)
-    xy = (points - lo) / np.maximum(hi - lo, 1e-12) * (size - 40) + 20
-    for (px, py), c in zip(xy, labels):
-        colour = _COLOURS[int(c) % len(_COLOURS)] if c >= 0 else (0, 0, 0)
-        draw.ellipse([px - 3, size - py - 3, px + 3, size - py + 3], fill=colour)
-    for i, name in enumerate(class_names):
-        draw.rectangle([size + 10, 20 + 18 * i, size + 22, 32 + 18 * i], fill=_COLOURS[i % len(_COLOURS)])
-        draw.text((size + 28, 20 + 18 * i), str(name)[:18], fill="black")
+    dpi = 100
+    fig = Figure(figsize=((size + 200) / dpi, size / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    labels = np.asarray(labels)
+    cmap = colormaps["tab10"]
+    for c in np.unique(labels):
+        sel = labels == c
+        name = str(class_names[int(c)]) if 0 <= c < len(class_names) else "unlabelled"
+        ax.scatter(points[sel, 0], points[sel, 1], s=12, color=cmap(int(c) % 10) if c >= 0 else "black", label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
     if title:
-        draw.text((10, 4), title, fill="black")
-    img.save(path)
+        ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
     return path
 
 
 def _heat_rgb(cam: np.ndarray) -> np.ndarray:
-    """A jet-like colour map of values in [0, 1], (H, W) -> (H, W, 3) uint8."""
-    c = np.clip(cam, 0, 1)
-    r = np.clip(1.5 - np.abs(4 * c - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * c - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * c - 1), 0, 1)
-    return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+    """matplotlib's ``jet`` colour map of values in [0, 1], (H, W) -> (H, W, 3) uint8."""
+    from matplotlib import colormaps
+
+    return (colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
 def gradcam_pngs(network: torch.nn.Module, dataset: Sequence[dict[str, Any]], class_names: Sequence[str],

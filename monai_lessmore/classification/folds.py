@@ -1,25 +1,24 @@
-"""Stratified (group) splits for the downstream cross-validation protocol.
+"""Stratified (group) splits for the downstream cross-validation protocol, with scikit-learn's splitters.
 
 Wolf et al. (2024), section 2.3: for a custom dataset "a five-fold stratified cross-validation is performed. For
 each fold, four parts of the data are used for training and validation (90 % training, 10 % validation), and the
 remaining part ... is used for testing". When the data carry a patient (group) id, no patient may appear in two
 folds, nor in both the training and the validation part of a fold.
 
-scikit-learn is not a dependency of this package, so the two splitters are implemented here:
-
-* without groups every sample is its own group and the classes are dealt round-robin into the folds, which
-  keeps every class ratio within one sample of the overall ratio;
-* with groups, groups are assigned greedily (largest and most class-skewed first) to the fold whose class
-  counts stay closest to the overall class ratio, the approach of scikit-learn's ``StratifiedGroupKFold``;
-* the 90/10 split inside a fold adds whole patients to validation, rarest class first, until every class reaches
-  its share (at least one sample per class in each part).
+* k-fold: ``sklearn.model_selection.StratifiedKFold`` (shuffled, seeded), or ``StratifiedGroupKFold`` with groups;
+* the 90/10 split inside a fold: the same splitters with ``round(1 / val_fraction)`` folds, and the first fold
+  whose two parts both hold every class becomes the validation part (validation AUC needs every class);
+* what this module adds: a clear error before splitting when a class has fewer samples (patients) than folds, and
+  one after splitting when a part would lack a class -- scikit-learn only warns.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 __all__ = ["check_fold_feasible", "stratified_group_kfold", "stratified_group_split"]
 
@@ -64,26 +63,17 @@ def check_fold_feasible(labels: Sequence[int], num_folds: int, groups: Sequence[
         )
 
 
-def _greedy_assign(y: np.ndarray, g: np.ndarray, n_bins: int, targets: np.ndarray, rng: np.random.Generator):
-    """Assign whole groups to ``n_bins`` bins whose class counts should follow ``targets`` (bins x classes)."""
-    classes = np.unique(y)
-    group_ids = np.unique(g)
-    counts = np.zeros((group_ids.size, classes.size), dtype=np.int64)
-    np.add.at(counts, (np.searchsorted(group_ids, g), np.searchsorted(classes, y)), 1)
-    order = rng.permutation(group_ids.size)  # random tie-break
-    # large and class-skewed groups first: they are the hard ones to place
-    key = [(-counts[i].sum(), -np.std(counts[i] / counts[i].sum())) for i in order]
-    order = order[sorted(range(order.size), key=lambda j: key[j])]
-    filled = np.zeros_like(targets, dtype=np.float64)
-    bin_of_group = np.empty(group_ids.size, dtype=np.int64)
-    for i in order:
-        # cost: squared relative deviation from the targets after adding this group
-        trial = filled[None, :, :] + np.eye(n_bins)[:, :, None] * counts[i][None, None, :]
-        cost = (((trial - targets[None]) / np.maximum(targets[None], 1.0)) ** 2).sum(axis=(1, 2))
-        best = int(np.argmin(cost))
-        bin_of_group[i] = best
-        filled[best] += counts[i]
-    return bin_of_group[np.searchsorted(group_ids, g)]
+def _splits(y: np.ndarray, g: np.ndarray, n_splits: int, grouped: bool, seed: int) -> list[np.ndarray]:
+    """The test indices of scikit-learn's (group) stratified k-fold, in its order."""
+    splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(n_splits=n_splits, shuffle=True,
+                                                                       random_state=seed)
+    with warnings.catch_warnings():  # "the least populated class has only N members": checked by the callers
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return [test for _, test in splitter.split(np.zeros(y.size), y, g if grouped else None)]
+
+
+def _has_every_class(y: np.ndarray, part: np.ndarray) -> bool:
+    return np.unique(y[part]).size == np.unique(y).size
 
 
 def stratified_group_kfold(
@@ -95,29 +85,27 @@ def stratified_group_kfold(
         labels: class index per sample.
         num_folds: k, the paper's default is 5 (section 2.3).
         groups: optional patient id per sample; all samples of a patient land in the same fold.
-        seed: seed of the shuffle.
+        seed: ``random_state`` of scikit-learn's shuffle.
 
     Returns:
         int array, the fold index (0..k-1) of each sample.
 
     Raises:
-        ValueError: when a class has fewer samples/patients than folds (see :func:`check_fold_feasible`).
+        ValueError: when a class has fewer samples/patients than folds (see :func:`check_fold_feasible`), or a fold
+            would lack a class.
     """
     check_fold_feasible(labels, num_folds, groups)
     y, g = _as_arrays(labels, groups)
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        fold = np.empty(y.size, dtype=np.int64)
-        offset = 0
-        for c in np.unique(y):
-            idx = rng.permutation(np.flatnonzero(y == c))
-            # continue the round-robin where the previous class stopped so fold sizes stay balanced
-            fold[idx] = (np.arange(idx.size) + offset) % num_folds
-            offset = (offset + idx.size) % num_folds
-        return fold
-    classes, class_counts = np.unique(y, return_counts=True)
-    targets = np.tile(class_counts / num_folds, (num_folds, 1))
-    return _greedy_assign(y, g, num_folds, targets, rng)
+    fold = np.empty(y.size, dtype=np.int64)
+    for f, test in enumerate(_splits(y, g, int(num_folds), groups is not None, seed)):
+        fold[test] = f
+    lacking = [f for f in range(int(num_folds)) if not _has_every_class(y, np.flatnonzero(fold == f))]
+    if lacking:
+        raise ValueError(
+            f"stratified {num_folds}-fold cross-validation left folds {lacking} without some class: patients hold too "
+            "many samples of one class for an even split; lower --num_folds or add patients"
+        )
+    return fold
 
 
 def stratified_group_split(
@@ -125,8 +113,9 @@ def stratified_group_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into a training and a validation part, stratified by class and grouped by patient.
 
-    Section 2.3: inside each fold 90 % of the training data train and 10 % validate. Every class gets at least one
-    validation sample (validation AUC needs both classes) and at least one training sample.
+    Section 2.3: inside each fold 90 % of the training data train and 10 % validate. Both parts hold every class
+    (validation AUC needs them): of scikit-learn's ``round(1 / val_fraction)`` stratified folds the first one that
+    leaves every class on both sides is the validation part.
 
     Args:
         labels: class index per sample.
@@ -141,37 +130,16 @@ def stratified_group_split(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     y, g = _as_arrays(labels, groups)
     check_fold_feasible(y, 2, None if groups is None else groups)
-    rng = np.random.default_rng(seed)
-    classes, class_counts = np.unique(y, return_counts=True)
-    n_val = np.clip(np.round(class_counts * val_fraction), 1, class_counts - 1)
-    if groups is None:
-        val = []
-        for c, n in zip(classes, n_val):
-            val.extend(rng.permutation(np.flatnonzero(y == c))[: int(n)])
-        is_val = np.zeros(y.size, dtype=bool)
-        is_val[np.asarray(val, dtype=np.int64)] = True
-    else:
-        group_ids, gidx = np.unique(g, return_inverse=True)
-        counts = np.zeros((group_ids.size, classes.size), dtype=np.int64)
-        np.add.at(counts, (gidx, np.searchsorted(classes, y)), 1)
-        val_groups: list[int] = []
-        in_val = np.zeros(classes.size, dtype=np.int64)
-        # rarest class first; for each class add random patients (those mostly of that class first) until the
-        # class reaches its validation share - whole patients, so the share is met up to one patient
-        for c in np.argsort(class_counts, kind="stable"):
-            order = [int(i) for i in rng.permutation(group_ids.size) if counts[i, c] > 0 and i not in val_groups]
-            order.sort(key=lambda i: -counts[i, c] / counts[i].sum())
-            for i in order:
-                if in_val[c] >= n_val[c]:
-                    break
-                val_groups.append(i)
-                in_val += counts[i]
-        is_val = np.isin(gidx, val_groups)
-        missing = [classes[c].item() for c in range(classes.size) if not np.any(is_val & (y == classes[c]))
-                   or not np.any(~is_val & (y == classes[c]))]
-        if missing:
-            raise ValueError(
-                f"could not split {group_ids.size} patients into training and validation with both parts holding "
-                f"every class (classes {missing} lack patients); add patients or lower num_folds"
-            )
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    # as many folds as 1 / val_fraction, at most one per patient (sample) and per sample of the largest class:
+    # scikit-learn refuses more (tiny pools get a larger validation share)
+    largest_class = int(np.unique(y, return_counts=True)[1].max())
+    n_splits = max(2, min(int(round(1.0 / float(val_fraction))), np.unique(g).size, largest_class))
+    for val in _splits(y, g, n_splits, groups is not None, seed):
+        train = np.setdiff1d(np.arange(y.size), val)
+        if _has_every_class(y, val) and _has_every_class(y, train):
+            return train, np.sort(val)
+    unit = "patients" if groups is not None else "samples"
+    raise ValueError(
+        f"could not split {np.unique(g).size} {unit} into training and validation (val_fraction={val_fraction}) with "
+        "both parts holding every class; add data for the rare classes or raise val_fraction"
+    )

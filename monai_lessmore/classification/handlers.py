@@ -42,7 +42,7 @@ class FreezeThenUnfreeze:
             raise ValueError(f"trainable must be a non-empty list of parameter-name prefixes, got {trainable!r}")
         self.freeze_epochs = freeze_epochs
         self.trainable = tuple(trainable)
-        self.network = network
+        self.network = network  # None: the network of the engine, looked up at every event (one handler, many runs)
         self.frozen = False
 
     def attach(self, engine: Engine) -> None:
@@ -57,7 +57,6 @@ class FreezeThenUnfreeze:
         names = [n for n, _ in network.named_parameters()]
         if not any(n.startswith(self.trainable) for n in names):
             raise ValueError(f"no parameter name starts with {self.trainable}; parameter names look like {names[:3]}")
-        self.network = network
         return network
 
     def set_frozen(self, frozen: bool, engine: Engine | None = None) -> None:
@@ -69,6 +68,8 @@ class FreezeThenUnfreeze:
         self.frozen = frozen
 
     def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch == 1:
+            self.frozen = False  # a new run: announce the freeze again
         self.set_frozen(engine.state.epoch <= self.freeze_epochs, engine)
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,7 +11,8 @@ runs are reported". Definitions used here (the paper does not spell them out):
 
 The output transforms below take the evaluator's batch output (``decollate=False``): ``pred`` logits ``(B, C)`` and
 ``label`` class indices ``(B,)``. They are small classes with JSON-serialisable arguments so that configs can build
-them.
+them: the metrics themselves are declared once, in the fine-tuning bundle's ``train.json`` (``key_metric`` and
+``additional_metrics``), and used for validation, test and ``evaluate.json``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from ignite.metrics import Accuracy, Fbeta, Metric, Precision, Recall
-from monai.handlers import ROCAUC
+from ignite.metrics import Fbeta, Metric, Precision, Recall
 
-__all__ = ["ProbabilityOutput", "AUCOutput", "F1Output", "f1_metric", "make_metrics", "METRIC_NAMES"]
-
-METRIC_NAMES = ("auc", "f1", "accuracy")
+__all__ = ["ProbabilityOutput", "AUCOutput", "F1Output", "f1_metric"]
 
 
 def _pred_label(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,17 +89,3 @@ def f1_metric(num_classes: int) -> Metric:
     recall = Recall(average=False, output_transform=f1_out, is_multilabel=False)
     # binary Precision/Recall give the class-1 score, multi-class ones a per-class vector: the mean is macro F1
     return Fbeta(beta=1.0, average=True, precision=precision, recall=recall)
-
-
-def make_metrics(num_classes: int, prefix: str = "") -> dict[str, Metric]:
-    """The three metrics of the paper as ignite metrics, keyed ``<prefix>auc``, ``<prefix>f1``, ``<prefix>accuracy``.
-
-    Args:
-        num_classes: number of classes.
-        prefix: key prefix, e.g. ``"val_"``.
-    """
-    return {
-        f"{prefix}auc": ROCAUC(average="macro", output_transform=AUCOutput(num_classes)),
-        f"{prefix}f1": f1_metric(num_classes),
-        f"{prefix}accuracy": Accuracy(output_transform=ProbabilityOutput()),
-    }

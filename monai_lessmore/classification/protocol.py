@@ -6,24 +6,30 @@ performed. For each fold, four parts of the data are used for training and valid
 validation), and the remaining part ... is used for testing. The mean and standard deviation of accuracy, AUC
 score, and F1-score over the five runs are reported."
 
-Each run is a plain MONAI ``SupervisedTrainer`` with handlers: :class:`FreezeThenUnfreeze`, a ``ValidationHandler``
-running a ``SupervisedEvaluator`` whose key metric is the validation AUC, and a ``CheckpointSaver`` keeping the
-best-AUC weights as ``<output_dir>/<run>/model.pt`` (a plain state dict). The test metrics come from that selected
-checkpoint. Standard deviations are population standard deviations (numpy's default, ``ddof=0``).
+The engines, their handlers and the metrics are declared in the bundle config (``trainer_def``, ``evaluator_def``,
+``train_handlers``, ``val_handlers``, ``key_metric``, ``additional_metrics``): a user changes them there. What this
+module adds is what differs from run to run: a fresh network and optimiser, the run's data loaders, the run's
+validator given to the ``ValidationHandler`` of ``train_handlers``, a ``CheckpointSaver`` keeping the
+best-validation weights (the key metric, AUC in the bundle) as ``<output_dir>/<run>/model.pt`` (a plain state
+dict), the test of that checkpoint and one log line per epoch with the time left for the run. Standard deviations
+are population standard deviations (numpy's default, ``ddof=0``).
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Events
+from ignite.metrics import Metric
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, ValidationHandler
@@ -32,13 +38,21 @@ from monai.utils import set_determinism
 from monai_lessmore.classification.data import ClassificationData, check_images, subset_items
 from monai_lessmore.classification.folds import stratified_group_kfold, stratified_group_split
 from monai_lessmore.classification.handlers import FreezeThenUnfreeze, PredictionCSVWriter
-from monai_lessmore.classification.metrics import METRIC_NAMES, make_metrics
+from monai_lessmore.utils.files import atomic_write_json, atomic_write_text
 
-__all__ = ["FineTuneProtocol", "summarize", "results_markdown", "format_mean_std"]
+__all__ = ["FineTuneProtocol", "summarize", "results_markdown", "format_mean_std", "plural", "warn_if_size_differs",
+           "METRIC_NAMES"]
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("auto", "runs", "kfold")
+#: the metrics of the paper's tables (section 2.3), in table order
+METRIC_NAMES = ("auc", "f1", "accuracy")
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 run"``, ``"5 runs"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
@@ -47,9 +61,10 @@ def format_mean_std(mean: float, std: float, digits: int = 3) -> str:
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean and population standard deviation of every test metric over runs."""
+    """Mean and population standard deviation of every test metric over runs (the metrics every run has)."""
+    names = [m for m in runs[0]["test"] if all(m in r["test"] for r in runs)] if runs else list(METRIC_NAMES)
     out = {}
-    for name in METRIC_NAMES:
+    for name in names:
         values = [float(r["test"][name]) for r in runs]
         out[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
     return out
@@ -75,6 +90,30 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def warn_if_size_differs(model_file: str | Path, image_size: int | Sequence[int]) -> int | None:
+    """Warn when ``model_file`` was fine-tuned (by this protocol) at another input size than ``image_size``.
+
+    A ResNet50 accepts any input size, so a model fine-tuned on 64 px slices runs on 224 px ones without an error
+    but with other features; the protocol records the size in ``run.json`` beside ``model.pt``.
+
+    Args:
+        model_file: the weights about to be used.
+        image_size: the size the caller resizes to.
+
+    Returns:
+        The recorded size, or ``None`` when ``model_file`` has no ``run.json`` recording one.
+    """
+    record = Path(model_file).parent / "run.json"
+    try:
+        trained = json.loads(record.read_text()).get("image_size")
+    except (OSError, ValueError):
+        return None
+    if trained is not None and trained != image_size:
+        logger.warning(f"{model_file} was fine-tuned on {trained} px images (see {record}) but inputs are resized "
+                       f"to {image_size} px: pass --image_size {trained} to use the size it learnt")
+    return trained
+
+
 def _subset_sizes(subset: int | Sequence[int] | None) -> tuple[int, int, int]:
     if subset is None or subset == 0:
         return 0, 0, 0
@@ -86,6 +125,10 @@ def _subset_sizes(subset: int | Sequence[int] | None) -> tuple[int, int, int]:
     return sizes  # type: ignore[return-value]
 
 
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
 class FineTuneProtocol:
     """Fine-tune and test a classifier N times (fixed split) or over k folds, then write the results.
 
@@ -95,17 +138,24 @@ class FineTuneProtocol:
         eval_transforms: MONAI transform applied to validation/test items.
         network_def: callable returning a fresh network (``_mode_: callable`` in the config).
         optimizer_def: callable ``params -> optimizer`` (the paper: Adam, lr 1e-4, weight decay 5e-4).
-        loss_function: the training loss.
+        trainer_def: callable returning the run's trainer given ``train_data_loader``, ``network``, ``optimizer`` and
+            ``train_handlers`` (a ``monai.engines.SupervisedTrainer`` with ``_mode_: callable``: epochs, loss...).
+        evaluator_def: callable returning an evaluator given ``val_data_loader``, ``network``, ``key_val_metric``,
+            ``additional_metrics`` and ``val_handlers``; it validates each epoch and tests the selected checkpoint.
+        key_metric: ``{name: metric}``, the metric of model selection (the paper's AUC); each evaluator gets a copy.
+        additional_metrics: ``{name: metric}`` also computed on validation and test.
+        train_handlers: handlers attached to every run's trainer (in the bundle: freeze-then-unfreeze, progress bar,
+            validation); a ``monai.handlers.ValidationHandler`` among them is given each run's validator, one is
+            added (every epoch) when there is none.
+        val_handlers: handlers attached to every run's validator, besides the protocol's ``CheckpointSaver``.
         protocol: ``"runs"`` (N seeds on the fixed split), ``"kfold"`` (stratified k-fold) or ``"auto"`` (runs when
             the data have a fixed split, else k-fold).
         num_runs: N for ``"runs"`` (paper: 5).
         num_folds: k for ``"kfold"`` (paper: 5).
         val_fraction: validation share inside each fold (paper: 0.1).
-        max_epochs: training epochs per run (authors' notebooks: 70).
-        freeze_epochs: epochs training only the head (paper: 10).
         batch_size: batch size (paper: 64).
         num_workers: data loader workers.
-        device: torch device string.
+        device: torch device string (network and batches).
         output_dir: where ``results.json``, ``results.md`` and one folder per run go.
         seed: base seed; run i uses ``seed + i``.
         subset: tiny runs: keep at most this many items per split (``runs``) or in the pool (``kfold``, first entry);
@@ -113,6 +163,8 @@ class FineTuneProtocol:
         verify_images: decode every file-backed image before training and fail listing every unreadable file.
         task: task name for the tables.
         initialisation: initialisation name for the tables (e.g. ``random``, or the encoder file).
+        image_size: input size the transforms resize to, recorded in ``run.json`` so that inference can warn about
+            another size (:func:`warn_if_size_differs`).
     """
 
     def __init__(
@@ -122,13 +174,16 @@ class FineTuneProtocol:
         eval_transforms: Callable,
         network_def: Callable[[], torch.nn.Module],
         optimizer_def: Callable[..., torch.optim.Optimizer],
-        loss_function: Callable,
+        trainer_def: Callable[..., SupervisedTrainer],
+        evaluator_def: Callable[..., SupervisedEvaluator],
+        key_metric: Mapping[str, Metric],
+        additional_metrics: Mapping[str, Metric] | None = None,
+        train_handlers: Sequence[Any] = (),
+        val_handlers: Sequence[Any] = (),
         protocol: str = "auto",
         num_runs: int = 5,
         num_folds: int = 5,
         val_fraction: float = 0.1,
-        max_epochs: int = 70,
-        freeze_epochs: int = 10,
         batch_size: int = 64,
         num_workers: int = 0,
         device: str | torch.device = "cpu",
@@ -138,6 +193,7 @@ class FineTuneProtocol:
         verify_images: bool = True,
         task: str = "",
         initialisation: str = "random",
+        image_size: int | Sequence[int] | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -146,21 +202,26 @@ class FineTuneProtocol:
         if protocol == "runs" and not data.has_fixed_split:
             raise ValueError(f"protocol 'runs' needs a fixed train/val/test split; {type(data).__name__} has none: "
                              "use --protocol kfold")
-        for name, value, low in (("num_runs", num_runs, 1), ("num_folds", num_folds, 2), ("max_epochs", max_epochs, 1),
-                                 ("batch_size", batch_size, 1)):
+        for name, value, low in (("num_runs", num_runs, 1), ("num_folds", num_folds, 2), ("batch_size", batch_size, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if not isinstance(freeze_epochs, int) or freeze_epochs < 0:
-            raise ValueError(f"freeze_epochs must be an int >= 0, got {freeze_epochs!r}")
+        if not isinstance(key_metric, Mapping) or len(key_metric) != 1:
+            raise ValueError(f"key_metric must be one {{name: metric}} pair, got {key_metric!r}")
         self.data = data
         self.train_transforms = train_transforms
         self.eval_transforms = eval_transforms
         self.network_def = network_def
         self.optimizer_def = optimizer_def
-        self.loss_function = loss_function
+        self.trainer_def = trainer_def
+        self.evaluator_def = evaluator_def
+        self.key_metric = dict(key_metric)
+        self.key_metric_name = next(iter(self.key_metric))
+        self.additional_metrics = dict(additional_metrics or {})
+        self.train_handlers = list(train_handlers)
+        self.val_handlers = list(val_handlers)
         self.protocol = protocol
         self.num_runs, self.num_folds, self.val_fraction = num_runs, num_folds, float(val_fraction)
-        self.max_epochs, self.freeze_epochs, self.batch_size = max_epochs, freeze_epochs, batch_size
+        self.batch_size = batch_size
         self.num_workers = int(num_workers)
         self.device = torch.device(device)
         self.output_dir = Path(output_dir)
@@ -169,6 +230,7 @@ class FineTuneProtocol:
         self.verify_images = bool(verify_images)
         self.task = task or type(data).__name__
         self.initialisation = initialisation
+        self.image_size = image_size
 
     # -- splits -----------------------------------------------------------------------------------------------------
     def plan(self) -> list[dict[str, Any]]:
@@ -196,19 +258,32 @@ class FineTuneProtocol:
         return DataLoader(Dataset(items, transform), batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers)
 
-    def _evaluator(
-        self, items: list[dict[str, Any]], network: torch.nn.Module, prefix: str, handlers: list[Any]
-    ) -> SupervisedEvaluator:
-        metrics = make_metrics(self.data.num_classes, prefix=prefix)
-        key = f"{prefix}auc"
-        return SupervisedEvaluator(
-            device=self.device, val_data_loader=self._loader(items, self.eval_transforms, False), network=network,
-            key_val_metric={key: metrics.pop(key)}, additional_metrics=metrics, val_handlers=handlers,
-            decollate=False,
+    def _evaluator(self, items: list[dict[str, Any]], network: torch.nn.Module, handlers: list[Any]) -> Any:
+        # metric objects keep their state per engine: every evaluator gets its own copies
+        return self.evaluator_def(
+            val_data_loader=self._loader(items, self.eval_transforms, False), network=network,
+            key_val_metric=copy.deepcopy(self.key_metric), additional_metrics=copy.deepcopy(self.additional_metrics),
+            val_handlers=handlers,
         )
 
-    def run_one(self, run: dict[str, Any]) -> dict[str, Any]:
-        """Train with model selection on validation AUC, then test the selected checkpoint."""
+    def _train_handlers(self, validator: Any) -> list[Any]:
+        handlers = list(self.train_handlers)
+        validation = [h for h in handlers if isinstance(h, ValidationHandler)]
+        if not validation:
+            validation = [ValidationHandler(interval=1)]
+            handlers.append(validation[0])
+        for h in validation:
+            h.set_validator(validator)
+        return handlers
+
+    def run_one(self, run: dict[str, Any], index: int = 0, total: int = 1) -> dict[str, Any]:
+        """Train with model selection on the validation key metric, then test the selected checkpoint.
+
+        Args:
+            run: one entry of :meth:`plan`.
+            index: its position in the plan (for the log lines).
+            total: the plan's length.
+        """
         start = time.time()
         run_dir = self.output_dir / run["name"]
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,44 +292,50 @@ class FineTuneProtocol:
         optimizer = self.optimizer_def(network.parameters())
         saver = CheckpointSaver(save_dir=str(run_dir), save_dict={"model": network}, save_key_metric=True,
                                 key_metric_n_saved=1, key_metric_filename="model.pt")
-        validator = self._evaluator(run["val"], network, "val_", [saver])
-        trainer = SupervisedTrainer(
-            device=self.device, max_epochs=self.max_epochs,
+        validator = self._evaluator(run["val"], network, [saver, *self.val_handlers])
+        trainer = self.trainer_def(
             train_data_loader=self._loader(run["train"], self.train_transforms, True), network=network,
-            optimizer=optimizer, loss_function=self.loss_function, decollate=False,
-            train_handlers=[FreezeThenUnfreeze(self.freeze_epochs), ValidationHandler(validator=validator, interval=1)],
+            optimizer=optimizer, train_handlers=self._train_handlers(validator),
         )
         history: list[dict[str, float]] = []
         losses: list[float] = []
         trainer.add_event_handler(
             Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach()))
         )
+        label = f"{run['name']} ({index + 1}/{total})"
 
         @trainer.on(Events.EPOCH_COMPLETED)
-        def _log(engine: SupervisedTrainer) -> None:  # runs after the ValidationHandler (attached first)
-            row = {"epoch": engine.state.epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   **{k: float(v) for k, v in validator.state.metrics.items()}}
+        def _log(engine: SupervisedTrainer) -> None:  # runs after the ValidationHandler (attached before)
+            epoch, max_epochs = engine.state.epoch, engine.state.max_epochs
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   **{f"val_{k}": float(v) for k, v in validator.state.metrics.items()}}
             losses.clear()
             history.append(row)
-            logger.info(f"{run['name']} epoch {row['epoch']}/{self.max_epochs} "
-                        + " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+            elapsed = time.time() - start
+            eta = elapsed / epoch * (max_epochs - epoch)
+            logger.info(f"{label} epoch {epoch}/{max_epochs} "
+                        + " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
+                        + f" | {_duration(elapsed)} elapsed, run ETA {_duration(eta)}")
 
         trainer.run()
         set_determinism(seed=None)
         model_file = run_dir / "model.pt"
         network.load_state_dict(torch.load(model_file, map_location=self.device, weights_only=True))
-        tester = self._evaluator(run["test"], network, "test_",
+        tester = self._evaluator(run["test"], network,
                                  [PredictionCSVWriter(str(run_dir / "test_predictions.csv"), self.data.class_names)])
         tester.run()
+        freeze = [h.freeze_epochs for h in self.train_handlers if isinstance(h, FreezeThenUnfreeze)]
         record = {
             "name": run["name"], "seed": run["seed"], "n_train": len(run["train"]), "n_val": len(run["val"]),
             "n_test": len(run["test"]), "best_epoch": int(validator.state.best_metric_epoch),
-            "best_val_auc": float(validator.state.best_metric),
-            "test": {m: float(tester.state.metrics[f"test_{m}"]) for m in METRIC_NAMES},
-            "model_file": str(model_file), "seconds": round(time.time() - start, 1), "history": history,
+            "best_val_auc": float(validator.state.best_metric), "key_metric": self.key_metric_name,
+            "test": {k: float(v) for k, v in tester.state.metrics.items()},
+            "model_file": str(model_file), "image_size": self.image_size, "max_epochs": trainer.state.max_epochs,
+            "freeze_epochs": freeze[0] if freeze else 0, "seconds": round(time.time() - start, 1), "history": history,
         }
-        (run_dir / "run.json").write_text(json.dumps(record, indent=2))
-        logger.info(f"{run['name']} test " + " ".join(f"{k} {v:.4f}" for k, v in record["test"].items()))
+        atomic_write_json(run_dir / "run.json", record)
+        logger.info(f"{label} test " + " ".join(f"{k} {v:.4f}" for k, v in record["test"].items())
+                    + f" | run took {_duration(record['seconds'])}")
         return record
 
     # -- everything -------------------------------------------------------------------------------------------------
@@ -264,20 +345,21 @@ class FineTuneProtocol:
         if self.verify_images:
             seen = {id(d): d for r in plan for part in ("train", "val", "test") for d in r[part]}
             check_images(list(seen.values()))
-        runs = [self.run_one(r) for r in plan]
-        description = (f"{self.num_runs} runs, fixed split" if self.protocol == "runs"
+        runs = [self.run_one(r, i, len(plan)) for i, r in enumerate(plan)]
+        description = (f"{plural(self.num_runs, 'run')}, fixed split" if self.protocol == "runs"
                        else f"{self.num_folds}-fold stratified CV")
         results = {
             "task": self.task, "initialisation": self.initialisation, "protocol": self.protocol,
             "protocol_description": description, "class_names": list(self.data.class_names),
-            "settings": {"max_epochs": self.max_epochs, "freeze_epochs": self.freeze_epochs,
+            "settings": {"max_epochs": runs[0]["max_epochs"], "freeze_epochs": runs[0]["freeze_epochs"],
                          "batch_size": self.batch_size, "num_runs": self.num_runs, "num_folds": self.num_folds,
                          "val_fraction": self.val_fraction, "seed": self.seed, "subset": list(self.subset),
-                         "device": str(self.device), "optimizer": repr(self.optimizer_def)},
+                         "image_size": self.image_size, "device": str(self.device),
+                         "optimizer": repr(self.optimizer_def)},
             "summary": summarize(runs), "runs": runs,
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "results.json").write_text(json.dumps(results, indent=2))
-        (self.output_dir / "results.md").write_text(results_markdown(results))
+        atomic_write_json(self.output_dir / "results.json", results)
+        atomic_write_text(self.output_dir / "results.md", results_markdown(results))
         logger.info("results:\n" + results_markdown(results))
         return results

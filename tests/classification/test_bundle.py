@@ -39,7 +39,7 @@ def test_metadata_is_valid_offline(no_network, tmp_path):
 
 
 def test_network_in_out():
-    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=INFERENCE,
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=[TRAIN, INFERENCE],
                       n=1, device="cpu")
 
 
@@ -105,7 +105,7 @@ def test_covid_ct_train_evaluate_infer_analyse(tmp_path):
 
     files = [str(shared_data_path("covid_ct", "Images", "CT_COVID", "2020.03.22.20040782-p25-1542.png")),
              str(shared_data_path("covid_ct", "Images", "CT_NonCOVID", "0.jpg"))]
-    run("inferring", config_file=INFERENCE, input_files=files, model_file=str(out / "run_0" / "model.pt"),
+    run("inferring", config_file=[TRAIN, INFERENCE], input_files=files, model_file=str(out / "run_0" / "model.pt"),
         image_size=64, device="cpu", output_dir=str(out / "infer"))
     rows = list(csv.DictReader(open(out / "infer" / "predictions.csv")))
     assert [r["id"] for r in rows] == files

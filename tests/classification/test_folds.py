@@ -1,10 +1,13 @@
-"""Stratified (group) k-fold and the 90/10 split inside a fold (paper section 2.3)."""
+"""Stratified (group) k-fold and the 90/10 split inside a fold (paper section 2.3), scikit-learn as the oracle."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from monai_lessmore.classification import folds as folds_module
 from monai_lessmore.classification.folds import check_fold_feasible, stratified_group_kfold, stratified_group_split
 
 
@@ -78,3 +81,35 @@ def test_bad_arguments():
         stratified_group_split([0, 1, 0, 1], 1.5)
     with pytest.raises(ValueError, match="one entry per label"):
         stratified_group_kfold([0, 1, 0, 1, 0, 1], 2, groups=["a"])
+
+
+def test_folds_are_scikit_learns_and_deterministic():
+    y = _labels((30, 70))
+    fold = stratified_group_kfold(y, 5, seed=4)
+    for f, (_, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=4).split(np.zeros(y.size), y)):
+        assert sorted(np.flatnonzero(fold == f)) == sorted(test)
+    assert np.array_equal(fold, stratified_group_kfold(y, 5, seed=4))
+    groups = [f"p{i // 3}" for i in range(y.size)]
+    fold = stratified_group_kfold(y, 5, groups, seed=2)
+    oracle = StratifiedGroupKFold(5, shuffle=True, random_state=2).split(np.zeros(y.size), y, groups)
+    for f, (_, test) in enumerate(oracle):
+        assert sorted(np.flatnonzero(fold == f)) == sorted(test)
+
+
+def test_split_is_the_first_scikit_learn_fold_holding_every_class():
+    y = _labels((40, 3))  # ten folds, three of them hold a sample of class 1
+    tr, va = stratified_group_split(y, 0.1, seed=5)
+    first = next(test for _, test in StratifiedKFold(10, shuffle=True, random_state=5).split(np.zeros(y.size), y)
+                 if 1 in y[test])
+    assert sorted(va) == sorted(first) and sorted(np.r_[tr, va]) == list(range(y.size))
+
+
+def test_a_fold_lacking_a_class_is_an_error(monkeypatch):
+    y = _labels((10, 10))
+    # a splitter result that leaves class 1 out of fold 0 (possible with large one-class patients)
+    monkeypatch.setattr(folds_module, "_splits", lambda y, g, n, grouped, seed: [np.arange(0, 5), np.arange(5, 20)])
+    with pytest.raises(ValueError, match=r"left folds \[0\] without some class"):
+        stratified_group_kfold(y, 2)
+    monkeypatch.setattr(folds_module, "_splits", lambda y, g, n, grouped, seed: [np.arange(0, 5), np.arange(5, 10)])
+    with pytest.raises(ValueError, match="both parts holding every class"):
+        stratified_group_split(y, 0.5)

@@ -7,12 +7,26 @@ is a second oracle.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
+from monai.bundle import ConfigParser
 
-from monai_lessmore.classification.metrics import AUCOutput, make_metrics
+from monai_lessmore.classification.metrics import AUCOutput
+from tests.conftest import REPO_ROOT
+
+TRAIN = REPO_ROOT / "bundles" / "lessmore_classification" / "configs" / "train.json"
+
+
+def bundle_metrics(data):
+    """The metrics as the bundle's train.json declares them (the one place they are defined), for ``data``."""
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN))
+    parser["data"] = data
+    return parser.get_parsed_content("key_metric"), parser.get_parsed_content("additional_metrics")
 
 
 def ref_auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -44,7 +58,8 @@ def _run(logits: torch.Tensor, labels: torch.Tensor, batch: int = 7) -> dict[str
     n = len(labels)
     batches = [{"pred": logits[i:i + batch], "label": labels[i:i + batch]} for i in range(0, n, batch)]
     engine = Engine(lambda e, b: b)
-    for name, metric in make_metrics(logits.shape[1]).items():
+    key_metric, additional = bundle_metrics(SimpleNamespace(num_classes=logits.shape[1]))
+    for name, metric in {**key_metric, **additional}.items():
         metric.attach(engine, name)
     return {k: float(v) for k, v in engine.run(batches).metrics.items()}
 

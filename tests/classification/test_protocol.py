@@ -9,14 +9,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.transforms import Compose, EnsureTyped, RepeatChanneld, Resized, ScaleIntensityd
 from PIL import Image
 
 from monai_lessmore.classification.data import CSVData, FolderData
+from monai_lessmore.classification.handlers import FreezeThenUnfreeze
 from monai_lessmore.classification.network import ResNet50Classifier
 from monai_lessmore.classification.protocol import FineTuneProtocol, format_mean_std, results_markdown, summarize
 from monai_lessmore.classification.transforms import ReadClassificationImaged
-from tests.classification.test_metrics import reference
+from tests.classification.test_metrics import bundle_metrics, reference
 
 
 def _transforms(size=32):
@@ -24,12 +26,18 @@ def _transforms(size=32):
                     RepeatChanneld("image", 3), EnsureTyped("image", track_meta=False)])
 
 
-def _protocol(data, tmp_path, **kwargs):
+def _protocol(data, tmp_path, max_epochs=1, freeze_epochs=0, **kwargs):
     t = _transforms()
+    key_metric, additional_metrics = bundle_metrics(data)
+    cpu = torch.device("cpu")
     args = dict(network_def=functools.partial(ResNet50Classifier, num_classes=data.num_classes),
                 optimizer_def=functools.partial(torch.optim.Adam, lr=1e-4, weight_decay=5e-4),
-                loss_function=torch.nn.CrossEntropyLoss(), max_epochs=1, freeze_epochs=0, batch_size=8,
-                output_dir=str(tmp_path / "out"), device="cpu")
+                trainer_def=functools.partial(SupervisedTrainer, device=cpu, max_epochs=max_epochs, decollate=False,
+                                              loss_function=torch.nn.CrossEntropyLoss()),
+                evaluator_def=functools.partial(SupervisedEvaluator, device=cpu, decollate=False),
+                key_metric=key_metric, additional_metrics=additional_metrics,
+                train_handlers=[FreezeThenUnfreeze(freeze_epochs)], batch_size=8, output_dir=str(tmp_path / "out"),
+                device="cpu")
     args.update(kwargs)
     return FineTuneProtocol(data, t, t, **args)
 
@@ -72,6 +80,8 @@ def test_runs_need_a_fixed_split_and_arguments_are_checked(patients_csv, tmp_pat
         _protocol(patients_csv, tmp_path, num_runs=0)
     with pytest.raises(ValueError, match=r"subset must be an int or \[train, val, test\]"):
         _protocol(patients_csv, tmp_path, subset=[1, 2])
+    with pytest.raises(ValueError, match=r"key_metric must be one \{name: metric\} pair"):
+        _protocol(patients_csv, tmp_path, key_metric={})
 
 
 def test_summary_and_markdown_format():
@@ -100,7 +110,7 @@ def test_kfold_end_to_end_writes_results(tmp_path):
     assert [r["name"] for r in results["runs"]] == ["fold_0", "fold_1"]
     for r in results["runs"]:
         state = torch.load(out / r["name"] / "model.pt", weights_only=True)  # a plain state dict
-        assert "fc.weight" in state and 1 <= r["best_epoch"] <= 2
+        assert "fc.weight" in state and 1 <= r["best_epoch"] <= 2 and r["freeze_epochs"] == 1
         assert r["best_val_auc"] == max(h["val_auc"] for h in r["history"])
         rows = list(csv.DictReader(open(out / r["name"] / "test_predictions.csv")))
         y = np.asarray([data.class_names.index(row["label"]) for row in rows])
