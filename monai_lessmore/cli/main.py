@@ -298,6 +298,7 @@ def _ssl_bundle() -> Path | None:
 def _run_demo(ns: argparse.Namespace) -> int:
     """The main job on the embedded default: phantom volumes -> HASH-6 reduction -> a short SwAV pre-training
     whose encoder is exported in torchvision ResNet50 key names."""
+    import os
     import subprocess
 
     from monai_lessmore.phantom import write_phantom_dataset
@@ -334,7 +335,9 @@ def _run_demo(ns: argparse.Namespace) -> int:
     ]
     print(f"pre-training SwAV for {ns.pretrain_epochs} epochs on 16 of the kept slices (tiny CPU settings) ...",
           flush=True)
-    res = subprocess.run(cmd)
+    from monai_lessmore.utils.logging import QUIET_WARNINGS_ENV
+
+    res = subprocess.run(cmd, env={**os.environ, **QUIET_WARNINGS_ENV})
     if res.returncode or not encoder.is_file():
         print(f"lessmore demo: pre-training failed (exit {res.returncode}); see the log above", file=sys.stderr)
         return 1
@@ -344,6 +347,9 @@ def _run_demo(ns: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lessmore`` console script; returns the exit status."""
+    from monai_lessmore.utils.logging import configure_console
+
+    configure_console()
     ns = build_parser().parse_args(argv)
     if ns.command == "reduce":
         return _run_reduce(
