@@ -289,12 +289,6 @@ def _run_duplicates(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _ssl_bundle() -> Path | None:
-    """The pre-training bundle beside the package (a source checkout or editable install), if present."""
-    bundle = Path(__file__).resolve().parents[2] / "bundles" / "lessmore_ssl_pretrain"
-    return bundle if (bundle / "configs" / "train.json").is_file() else None
-
-
 def _run_demo(ns: argparse.Namespace) -> int:
     """The main job on the embedded default: phantom volumes -> HASH-6 reduction -> a short SwAV pre-training
     whose encoder is exported in torchvision ResNet50 key names."""
@@ -315,11 +309,9 @@ def _run_demo(ns: argparse.Namespace) -> int:
     print(f"kept slices exported as PNG to {out / 'reduced' / 'slices'}")
     if code or ns.no_pretrain:
         return code
-    bundle = _ssl_bundle()
-    if bundle is None:
-        print("pre-training skipped: bundles/lessmore_ssl_pretrain is not beside the installed package "
-              "(install from a source checkout: pip install -e .)")
-        return 0
+    from monai_lessmore.resources import bundle_template
+
+    bundle = bundle_template("lessmore_ssl_pretrain")
     run_dir = (out / "pretrain").resolve()
     encoder = run_dir / "encoder.pt"
     # tiny settings (the paper's are 512 px, batch 128, 800 epochs): a CPU run of about a minute

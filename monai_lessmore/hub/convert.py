@@ -53,8 +53,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the bundle copied around a converted model.pt when the target folder is not a bundle yet
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "bundles" / "lessmore_hash6_resnet50"
+#: the shipped bundle (:func:`monai_lessmore.resources.bundle_template`) copied around a converted model.pt when the
+#: target folder is not a bundle yet
+DEFAULT_TEMPLATE = "lessmore_hash6_resnet50"
 _CONTAINERS = ("state_dict", "module", "model")  # Lightning/ignite, SparK, this package's training checkpoints
 _MOMENTUM = re.compile(r"encoder_k|momentum|target|teacher|(^|\.)ema\.|key_encoder")
 _SKIP_TEMPLATE = {"eval", "__pycache__", ".ipynb_checkpoints"}
@@ -280,6 +281,15 @@ def _copy_template(template: Path, bundle: Path) -> list[str]:
     return copied
 
 
+def _template_folder(template: str | Path) -> Path:
+    """A bundle folder, or the folder of the shipped bundle of that name."""
+    from monai_lessmore.resources import bundle_template
+
+    if isinstance(template, str) and not Path(template).exists() and "/" not in template:
+        return bundle_template(template)
+    return Path(template)
+
+
 def import_checkpoint(
     source: str | Path,
     bundle_dir: str | Path,
@@ -302,7 +312,9 @@ def import_checkpoint(
         trust_pickle: allow full unpickling of ``source`` (see :func:`~monai_lessmore.hub.checkpoint.read_checkpoint`).
         force: replace an existing ``models/model.pt``.
         prefix: the encoder's key prefix (default: detected).
-        template: bundle copied around the weights when ``bundle_dir`` is not a bundle; ``None`` copies nothing.
+        template: bundle copied around the weights when ``bundle_dir`` is not a bundle: a bundle folder, or the
+            name of a bundle that ships with the package (:func:`monai_lessmore.resources.bundle_template`);
+            ``None`` copies nothing.
 
     Returns:
         The :class:`ConversionReport`.
@@ -311,6 +323,7 @@ def import_checkpoint(
         BundleExistsError: ``models/model.pt`` exists and ``force`` is False.
         CheckpointError, UntrustedCheckpointError: ``source`` cannot be read (safely).
         ConversionError: ``source`` holds no ResNet50 encoder.
+        FileNotFoundError: ``template`` names neither a folder nor a shipped bundle.
     """
     source, bundle = Path(source), Path(bundle_dir)
     model_path = bundle / "models" / "model.pt"
@@ -324,7 +337,7 @@ def import_checkpoint(
     state, report = extract_encoder(read_checkpoint(source, trust_pickle=trust_pickle), source=str(source), prefix=prefix)
     copied: list[str] = []
     if not (bundle / "configs" / "metadata.json").is_file() and template is not None:
-        template = Path(template)
+        template = _template_folder(template)
         if (template / "configs" / "metadata.json").is_file():
             copied = _copy_template(template, bundle)
             logger.warning(
