@@ -79,7 +79,8 @@ def _positive_float(text: str) -> float:
 
 def _add_reduction_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reduction")
-    g.add_argument("--method", default="hash", choices=sorted(set(METHODS) | {"none"}), help="similarity method (default: hash)")
+    g.add_argument("--config", default=None, metavar="FILE|PRESET", help="reduction settings from a YAML/JSON file or a shipped preset (hash3, hash6, hash12, everyn10, ssim10, mi10, deepnet10; see configs/reduction); the options below override it")
+    g.add_argument("--method", default=None, choices=sorted(set(METHODS) | {"none"}), help="similarity method (default: hash)")
     g.add_argument("--threshold", type=float, default=None, help="similarity threshold, inclusive (hash: Hamming distance 0..64, default 6)")
     g.add_argument("--fraction", type=_fraction, default=None, help="keep this fraction of each volume instead, in (0, 1]")
     g.add_argument("--count", type=_positive_int, default=None, help="keep this many slices of each volume instead")
@@ -87,25 +88,34 @@ def _add_reduction_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--every-n", type=_positive_int, default=None, help="for --method everyn: keep every n-th slice (default 10)")
     g.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="HU window for rendering (default: per-slice min-max, as the authors)")
     g.add_argument("--order", choices=SLICE_ORDERS, default="index", help="slice order: index (default: anatomical; slice folders by numeric index, DICOM by position), filename (slice folders: the authors' string sort) or instance (DICOM: InstanceNumber, as the authors' released data)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda, for ssim/mi/deepnet")
-    g.add_argument("--bins", type=_positive_int, default=100, help="histogram bins for mi (default 100)")
-    g.add_argument("--deepnet-weights", default="imagenet", help="deepnet: 'imagenet' (local torch cache only) or a state-dict file")
+    g.add_argument("--device", default=None, help="cpu (default) or cuda, for ssim/mi/deepnet")
+    g.add_argument("--bins", type=_positive_int, default=None, help="histogram bins for mi (default 100)")
+    g.add_argument("--deepnet-weights", default=None, help="deepnet: 'imagenet' (default; local torch cache only) or a state-dict file")
     g.add_argument("--mixed-size", type=_size, default=None, metavar="HxW", help="ssim/mi/deepnet: resample the slices of volumes whose slices differ in size to HxW (or N for NxN) before comparing them (default: refuse such volumes)")
 
 
 def _reducer_args(ns: argparse.Namespace) -> dict[str, Any]:
-    args: dict[str, Any] = {"method": ns.method, "algorithm": ns.algorithm, "device": ns.device}
-    if ns.threshold is not None:
-        args["threshold"] = int(ns.threshold) if ns.method == "hash" and float(ns.threshold).is_integer() else ns.threshold
-    for key in ("fraction", "count", "every_n", "window"):
-        if getattr(ns, key) is not None:
-            args[key] = getattr(ns, key)
-    if ns.method == "mi":
-        args["bins"] = ns.bins
-    if ns.method == "deepnet":
-        args["deepnet_weights"] = ns.deepnet_weights
-    if ns.mixed_size is not None and ns.method in ("ssim", "mi", "deepnet"):
-        args["mixed_size"] = ns.mixed_size
+    """The reducer arguments: ``--config`` (file or preset) overridden by the options given on the command line.
+
+    Raises:
+        ValueError, FileNotFoundError: a bad ``--config``.
+    """
+    from monai_lessmore.reduction.presets import merge_reduction_config
+
+    given = {key: getattr(ns, key) for key in ("method", "threshold", "fraction", "count", "algorithm", "every_n",
+                                               "window", "device", "bins", "deepnet_weights", "mixed_size")}
+    args: dict[str, Any] = {"method": "hash", "device": "cpu", **merge_reduction_config(ns.config, given)}
+    method = args["method"]
+    threshold = args.get("threshold")
+    if threshold is not None and method == "hash" and float(threshold).is_integer():
+        args["threshold"] = int(threshold)
+    if method != "mi":
+        args.pop("bins", None)
+    if method != "deepnet":
+        args.pop("deepnet_weights", None)
+    if method not in ("ssim", "mi", "deepnet"):
+        args.pop("mixed_size", None)
+    args.setdefault("algorithm", None)
     return args
 
 
@@ -338,8 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lessmore`` console script; returns the exit status."""
     ns = build_parser().parse_args(argv)
     if ns.command == "reduce":
+        try:
+            reducer_args = _reducer_args(ns)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"lessmore reduce: error: --config: {exc}", file=sys.stderr)
+            return 2
         return _run_reduce(
-            ns.inputs, ns.output, _reducer_args(ns), ns.export, ns.workers, ns.order, not ns.no_progress,
+            ns.inputs, ns.output, reducer_args, ns.export, ns.workers, ns.order, not ns.no_progress,
             dask=ns.dask, scheduler=ns.scheduler, connect_timeout=ns.connect_timeout, report=ns.report,
         )
     if ns.command == "report":

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from monai_lessmore.data.cache import ReductionCache
 from monai_lessmore.io.load import SLICE_STORE_SUFFIX, detect_volume_kind
 from monai_lessmore.io.slice_folder import validate_order
+from monai_lessmore.reduction.presets import merge_reduction_config
 from monai_lessmore.reduction.reducer import SliceReducer
 
 __all__ = ["SliceReductionFilter", "reduce_volume_file", "reduce_datalist"]
@@ -133,6 +134,8 @@ class SliceReductionFilter:
             ``{}`` = these defaults) to find them among the datalist's volumes after reducing them. The volume
             kept is the one with the most slices (ties: the smallest ``lessmore reduce`` volume name). The
             groups are in :attr:`duplicate_groups`, the dropped sources in :attr:`dropped_duplicates`.
+        config: reduction settings from a preset name (``"hash6"``, ``"ssim10"`` ...) or a YAML/JSON file
+            (:mod:`monai_lessmore.reduction.presets`); ``reducer_args`` override it.
         reducer_args: everything else is passed to :class:`~monai_lessmore.reduction.SliceReducer` (``method``,
             ``threshold``, ``fraction``, ``algorithm``, ...). ``method="none"`` is accepted as ``"all"``.
     """
@@ -146,9 +149,10 @@ class SliceReductionFilter:
         on_error: str = "raise",
         slice_store_dir: str | os.PathLike | None = None,
         duplicates: str | os.PathLike | dict[str, Any] | None = None,
+        config: str | os.PathLike | dict[str, Any] | None = None,
         **reducer_args: Any,
     ) -> None:
-        self.reducer = SliceReducer(**reducer_args)
+        self.reducer = SliceReducer(**merge_reduction_config(config, reducer_args))
         validate_order(order)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
