@@ -7,7 +7,7 @@
 (:mod:`monai_lessmore.duplicates.run`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
 data needed). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
 the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash verification
-(:mod:`monai_lessmore.hub.commands`).
+(:mod:`monai_lessmore.bundletools.commands`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from monai_lessmore.hub.commands import add_hub_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
+from monai_lessmore.bundletools.commands import add_bundle_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
 from monai_lessmore.io.slice_folder import SLICE_ORDERS
 from monai_lessmore.reduction.methods import METHODS
 
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     uw.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
     ug.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
     # --- pre-trained ResNet50 bundle (issue 6): import-checkpoint, package-bundle, fetch-bundle ---
-    add_hub_parsers(sub)
+    add_bundle_parsers(sub)
     return parser
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from monai_lessmore.hub.checkpoint import read_checkpoint
+from monai_lessmore.bundletools.checkpoint import read_checkpoint
 from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -200,7 +200,7 @@ def extract_encoder(
     """The ResNet50 encoder of a loaded checkpoint as a plain state dict with torchvision key names.
 
     Args:
-        obj: what :func:`~monai_lessmore.hub.checkpoint.read_checkpoint` returned.
+        obj: what :func:`~monai_lessmore.bundletools.checkpoint.read_checkpoint` returned.
         source: the file name, for messages.
         prefix: the key prefix of the encoder; by default the unique prefix under which every ResNet50 encoder key
             exists (a momentum/key encoder is passed over when the query encoder is also there).
@@ -309,7 +309,7 @@ def import_checkpoint(
     Args:
         source: an authors' Lightning ``.ckpt``, a MoCo/SparK checkpoint, or this package's pre-training export.
         bundle_dir: the bundle folder to write into.
-        trust_pickle: allow full unpickling of ``source`` (see :func:`~monai_lessmore.hub.checkpoint.read_checkpoint`).
+        trust_pickle: allow full unpickling of ``source`` (see :func:`~monai_lessmore.bundletools.checkpoint.read_checkpoint`).
         force: replace an existing ``models/model.pt``.
         prefix: the encoder's key prefix (default: detected).
         template: bundle copied around the weights when ``bundle_dir`` is not a bundle: a bundle folder, or the

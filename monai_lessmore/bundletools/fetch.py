@@ -3,7 +3,7 @@
 ``monai.bundle.download(url=...)`` calls ``monai.apps.utils.download_url(..., hash_val=None)``: it never checks the
 zip's hash, and if ``<bundle_dir>/<name>`` already exists and is not empty, ``extractall`` silently keeps the old
 files. :func:`fetch_bundle` downloads with the same ``download_url`` into a temporary folder, compares the hash
-(:func:`monai_lessmore.hub.package.package_bundle` writes it next to the zip), checks the zip holds one top-level
+(:func:`monai_lessmore.bundletools.package.package_bundle` writes it next to the zip), checks the zip holds one top-level
 ``<name>/`` folder with ``configs/metadata.json``, and only then moves the bundle into place.
 """
 
@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from urllib.error import ContentTooShortError, URLError
 
-from monai_lessmore.hub.package import HASH_TYPES, file_hash
+from monai_lessmore.bundletools.package import HASH_TYPES, file_hash
 
 __all__ = ["BundleDownloadError", "fetch_bundle"]
 

@@ -9,13 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_hub_parsers", "run_import_checkpoint", "run_package_bundle", "run_fetch_bundle", "HUB_COMMANDS"]
+__all__ = ["add_bundle_parsers", "run_import_checkpoint", "run_package_bundle", "run_fetch_bundle", "BUNDLE_COMMANDS"]
 
-HUB_COMMANDS = ("import-checkpoint", "package-bundle", "fetch-bundle")
+BUNDLE_COMMANDS = ("import-checkpoint", "package-bundle", "fetch-bundle")
 _HASH_TYPES = ("md5", "sha1", "sha256", "sha512")  # monai.apps.utils.check_hash; kept here to avoid importing torch
 
 
-def add_hub_parsers(sub: argparse._SubParsersAction) -> None:
+def add_bundle_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the three sub-commands to the ``lessmore`` parser."""
     i = sub.add_parser(
         "import-checkpoint",
@@ -51,8 +51,8 @@ def _error(command: str, exc: BaseException) -> int:
 
 def run_import_checkpoint(ns: argparse.Namespace) -> int:
     """``lessmore import-checkpoint``."""
-    from monai_lessmore.hub.checkpoint import CheckpointError
-    from monai_lessmore.hub.convert import DEFAULT_TEMPLATE, BundleExistsError, ConversionError, import_checkpoint
+    from monai_lessmore.bundletools.checkpoint import CheckpointError
+    from monai_lessmore.bundletools.convert import DEFAULT_TEMPLATE, BundleExistsError, ConversionError, import_checkpoint
 
     try:
         report = import_checkpoint(
@@ -69,7 +69,7 @@ def run_import_checkpoint(ns: argparse.Namespace) -> int:
 
 def run_package_bundle(ns: argparse.Namespace) -> int:
     """``lessmore package-bundle``."""
-    from monai_lessmore.hub.package import package_bundle
+    from monai_lessmore.bundletools.package import package_bundle
 
     try:
         res = package_bundle(ns.directory, ns.output, name=ns.name, hash_type=ns.hash_type, force=ns.force,
@@ -85,7 +85,7 @@ def run_package_bundle(ns: argparse.Namespace) -> int:
 
 def run_fetch_bundle(ns: argparse.Namespace) -> int:
     """``lessmore fetch-bundle``."""
-    from monai_lessmore.hub.fetch import BundleDownloadError, fetch_bundle
+    from monai_lessmore.bundletools.fetch import BundleDownloadError, fetch_bundle
 
     try:
         target = fetch_bundle(ns.url, name=ns.name, bundle_dir=ns.bundle_dir, hash_val=ns.sha256, force=ns.force)
