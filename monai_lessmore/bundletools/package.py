@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from monai.apps.utils import SUPPORTED_HASH_TYPES
 
 from monai_lessmore.utils.files import atomic_write_text
 
 __all__ = ["PackageResult", "package_bundle", "file_hash", "HASH_TYPES", "EXCLUDED_DIRS", "EXCLUDED_SUFFIXES"]
 
 #: the hash types ``monai.apps.utils.check_hash`` (and so ``download_url``/``large_files.yml``) accepts
-HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
+HASH_TYPES = tuple(SUPPORTED_HASH_TYPES)
 #: folders never packaged: run outputs and caches
 EXCLUDED_DIRS = frozenset({"eval", "__pycache__", ".ipynb_checkpoints", ".git"})
 #: source checkpoints stay out of the zip: the bundle carries the converted ``models/model.pt``
@@ -77,6 +77,8 @@ def _bundle_files(bundle: Path) -> tuple[list[Path], list[str]]:
 
 
 def _check_weights(model: Path) -> None:
+    import torch
+
     try:
         state = torch.load(model, map_location="cpu", weights_only=True)
     except Exception as err:
