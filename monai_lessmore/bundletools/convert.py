@@ -25,7 +25,6 @@ query encoder is there. Anything else is an error that lists what the file holds
 from __future__ import annotations
 
 import datetime
-import hashlib
 import io
 import logging
 import re
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 
 from monai_lessmore.bundletools.checkpoint import read_checkpoint
-from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json
+from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json, file_hash
 
 __all__ = [
     "ConversionError",
@@ -259,14 +258,6 @@ def extract_encoder(
     return state, report
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _copy_template(template: Path, bundle: Path) -> list[str]:
     copied = []
     for src in sorted(template.rglob("*")):
@@ -354,7 +345,7 @@ def import_checkpoint(
         {
             **asdict(report),
             "source": source.name,  # not the local path: the bundle may be published
-            "source_sha256": _sha256(source),
+            "source_sha256": file_hash(source),
             "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch_version": torch.__version__,
             "template_files_copied": copied,

@@ -6,8 +6,8 @@ zip's hash, it has no network timeout (a server that stalls holds it for as long
 :func:`fetch_bundle` streams the zip with a connect/read timeout into a temporary folder beside the target,
 compares the hash (:func:`monai_lessmore.bundletools.package.package_bundle` writes it next to the zip), checks the
 zip holds one top-level ``<name>/`` folder with ``configs/metadata.json``, and only then moves the bundle into
-place. On any failure the temporary folder and the partial zip are removed; folders left by a killed run are
-removed by the next one.
+place. On any failure the temporary folder ``.NAME.PID-XXXX.tmp/`` and the partial zip are removed; folders left by a
+killed run are removed by the next one (:func:`monai_lessmore.utils.files.remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from pathlib import Path
 from urllib.error import URLError
 
 from monai_lessmore.bundletools.package import HASH_TYPES, file_hash
+from monai_lessmore.utils.files import remove_stale_temps
 
 __all__ = ["BundleDownloadError", "fetch_bundle", "DEFAULT_TIMEOUT", "PROGRESS_MIN_BYTES"]
 
 #: seconds a connection attempt or a read may wait for the server
-DEFAULT_TIMEOUT = 30.0  # the command line's default (bundletools.commands) is the same
+DEFAULT_TIMEOUT = 30.0  # the command line's default (monai_lessmore.cli.bundle) is the same
 #: downloads at least this large (or of unknown size) show a progress bar when ``progress`` is on
 PROGRESS_MIN_BYTES = 1 << 20
 _CHUNK = 1 << 16
@@ -35,24 +36,6 @@ _CHUNK = 1 << 16
 
 class BundleDownloadError(RuntimeError):
     """The download failed, was truncated, has the wrong hash, or is not a bundle zip; nothing was extracted."""
-
-
-def _remove_stale_temporaries(root: Path, name: str) -> None:
-    """Remove ``.NAME.PID.XXXX/`` folders of fetches whose process is gone (killed before it could clean up)."""
-    for path in root.glob(f".{name}.*"):
-        parts = path.name[len(name) + 2:].split(".", 1)
-        if not path.is_dir() or len(parts) != 2 or not parts[0].isdigit():
-            continue
-        pid = int(parts[0])
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:  # another user's live process
-            alive = True
-        if not alive:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _download(url: str, dest: Path, *, timeout: float, progress: bool) -> None:
@@ -173,8 +156,8 @@ def fetch_bundle(
     if target.exists() and not force:
         raise FileExistsError(f"{target} already exists; refusing to overwrite it (pass --force to replace it)")
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root, name)
-    with tempfile.TemporaryDirectory(prefix=f".{name}.{os.getpid()}.", dir=root) as tmp:
+    remove_stale_temps(root)  # what killed fetches (and other writers of this package) left here
+    with tempfile.TemporaryDirectory(prefix=f".{name}.{os.getpid()}-", suffix=".tmp", dir=root) as tmp:
         zpath = Path(tmp) / f"{name}.zip"
         _download(url, zpath, timeout=timeout, progress=progress)
         if not zpath.is_file():

@@ -7,7 +7,7 @@
 (:mod:`monai_lessmore.duplicates.run`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
 data needed). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
 the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash verification
-(:mod:`monai_lessmore.bundletools.commands`).
+(:mod:`monai_lessmore.cli.bundle`, on :mod:`monai_lessmore.bundletools`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from monai_lessmore.bundletools.commands import add_bundle_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
+from monai_lessmore.cli.args import positive_seconds
+from monai_lessmore.cli.bundle import add_bundle_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
 from monai_lessmore.io.slice_folder import SLICE_ORDERS
 from monai_lessmore.reduction.methods import METHODS
 
@@ -64,16 +65,6 @@ def _hamming(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer Hamming distance 0..64, got {text!r}") from None
     if not 0 <= value <= 64:
         raise argparse.ArgumentTypeError(f"must be an integer Hamming distance 0..64, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -138,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = g.add_mutually_exclusive_group()
     where.add_argument("--dask", action="store_true", help="run on a local Dask cluster of --workers processes, one thread each")
     where.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786 (dask-jobqueue: cluster.scheduler_address); inputs must be readable by the workers at the same paths, and with --export the output folder too")
-    g.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
+    g.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
     p.add_argument("--report", action="store_true", help="also write the report figures (as `lessmore report DIR`) at the end")
 
     d = sub.add_parser("demo", help="main job on the embedded synthetic CT phantom (no external data)")
@@ -168,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     uw = ug.add_mutually_exclusive_group()
     uw.add_argument("--dask", action="store_true", help="run on a local Dask cluster of --workers processes")
     uw.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
-    ug.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
+    ug.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
     # --- pre-trained ResNet50 bundle (issue 6): import-checkpoint, package-bundle, fetch-bundle ---
     add_bundle_parsers(sub)
     return parser

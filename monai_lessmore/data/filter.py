@@ -14,13 +14,11 @@ what :class:`~monai_lessmore.transforms.LoadSliced` reads lazily.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from typing import Any, Sequence
 
-from monai_lessmore.data.cache import ReductionCache
+from monai_lessmore.data.cache import ReductionCache, params_digest
 from monai_lessmore.io.load import SLICE_STORE_SUFFIX, detect_volume_kind
 from monai_lessmore.io.slice_folder import validate_order
 from monai_lessmore.reduction.presets import merge_reduction_config
@@ -56,7 +54,7 @@ def reduce_volume_file(
     digest = content_digest(source) if cache is not None or slice_store_dir is not None else None
     store = None
     if slice_store_dir is not None and detect_volume_kind(source)[0] in _STORED_KINDS:
-        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        key = params_digest(params)[:12]
         store = os.path.join(os.fspath(slice_store_dir), f"{digest[:32]}_{key}{SLICE_STORE_SUFFIX}")  # type: ignore[index]
     if cache is not None:
         hit = cache.get(source, params, digest)
@@ -93,19 +91,13 @@ _STORED_KINDS = ("nifti", "itk")
 
 
 def _write_store(path: str, array: Any, kept: Sequence[int]) -> None:
-    """Write ``array[kept]`` as float32 ``.npy`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``array[kept]`` as float32 ``.npy`` atomically (:func:`monai_lessmore.utils.files.atomic_open`)."""
     import numpy as np
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(np.asarray(array)[list(kept)], dtype=np.float32), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from monai_lessmore.utils.files import atomic_open
+
+    with atomic_open(path, fsync=False) as fh:  # a lost store is rebuilt from the volume on the next run
+        np.save(fh, np.ascontiguousarray(np.asarray(array)[list(kept)], dtype=np.float32), allow_pickle=False)
 
 
 class SliceReductionFilter:

@@ -23,21 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_lessmore.networks.imagenet import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_WEIGHTS_URL, imagenet_weights_path
 from monai_lessmore.reduction.stack import as_slice_stack
 
 __all__ = ["ResNet50Embedder", "pairwise_cosine", "pairwise_deepnet", "imagenet_weights_path", "IMAGENET_WEIGHTS_URL"]
 
-#: torchvision's ResNet50_Weights.IMAGENET1K_V1 (acc@1 76.13); the file name is what torch.hub caches it as.
-IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _LAYERS = {"avgpool": 2048, "fc": 1000}
 _SCALINGS = ("auto", "minmax", "uint8")
-
-
-def imagenet_weights_path() -> Path:
-    """Where torch hub caches the ImageNet weights: ``torch.hub.get_dir()/checkpoints/resnet50-0676ba61.pth``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS_URL)
 
 
 class ResNet50Embedder:

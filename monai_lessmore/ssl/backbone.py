@@ -21,7 +21,3 @@ def unwrap(module: nn.Module) -> nn.Module:
     while isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         module = module.module
     return module
-
-
-def _is_dist() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -24,13 +24,13 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from torch import nn
 
+from monai_lessmore.networks.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["SwAVTransform", "MoCoTransform", "SparKTransform", "MakeViewsd", "MakeViewsD", "MakeViewsDict",
            "IMAGENET_MEAN", "IMAGENET_STD",
            "random_resized_crop", "color_jitter", "adjust_hue", "gaussian_blur"]
 
 #: ImageNet normalisation, as all three reference implementations normalise their inputs.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 

@@ -96,10 +96,10 @@ def test_large_bundle_shows_progress(bad_server, tmp_path, capsys):
 
 def test_temporaries_of_a_killed_fetch_are_removed(bad_server, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".b.{int(dead.stdout)}.abc123"
+    stale = tmp_path / f".b.{int(dead.stdout)}-abc123.tmp"
     stale.mkdir()
     (stale / "b.zip").write_bytes(b"partial")
-    live = tmp_path / f".b.{os.getpid()}.keep"  # a fetch of this (living) process: left alone
+    live = tmp_path / f".b.{os.getpid()}-keep.tmp"  # a fetch of this (living) process: left alone
     live.mkdir()
     _fetch_in_thread(url=f"{bad_server}/short", name="b", bundle_dir=tmp_path, hash_val="0" * 64, timeout=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from monai_lessmore.cli.args import positive_seconds
+
 __all__ = ["add_bundle_parsers", "run_import_checkpoint", "run_package_bundle", "run_fetch_bundle", "BUNDLE_COMMANDS"]
 
 BUNDLE_COMMANDS = ("import-checkpoint", "package-bundle", "fetch-bundle")
@@ -43,18 +45,8 @@ def add_bundle_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--sha256", required=True, metavar="HEX", help="expected SHA-256 of the zip (the .sha256 file written by package-bundle)")
     f.add_argument("--bundle-dir", default=".", metavar="DIR", help="folder receiving <name>/ (default: current folder)")
     f.add_argument("--force", action="store_true", help="replace an existing <bundle-dir>/<name>")
-    f.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=f"seconds to wait for the connection and for each read before giving up (default {DEFAULT_TIMEOUT:g})")
+    f.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=f"seconds to wait for the connection and for each read before giving up (default {DEFAULT_TIMEOUT:g})")
     f.add_argument("--no-progress", action="store_true", help="no progress bar (shown for bundles of 1 MiB or more)")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
 
 
 def _error(command: str, exc: BaseException) -> int:
