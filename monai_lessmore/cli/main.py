@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", choices=("none", "png", "nifti"), default="none", help="also write the kept slices (default: none)")
     p.add_argument("--workers", type=_positive_int, default=None, help="volumes processed in parallel (default 1); with --dask: worker processes of the local cluster")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # --- Dask scale-out and report (issue 3 items 6, 7) ---
+    # --- Dask scale-out and report ---
     g = p.add_argument_group("Dask cluster (one task per volume; records, manifest and summary written here by the client)")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--dask", action="store_true", help="run on a local Dask cluster of --workers processes, one thread each")
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     uw.add_argument("--dask", action="store_true", help="run on a local Dask cluster of --workers processes")
     uw.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
     ug.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
-    # --- pre-trained ResNet50 bundle (issue 6): import-checkpoint, package-bundle, fetch-bundle ---
+    # --- pre-trained ResNet50 bundle: import-checkpoint, package-bundle, fetch-bundle ---
     add_bundle_parsers(sub)
     return parser
 
