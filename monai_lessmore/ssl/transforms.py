@@ -241,7 +241,7 @@ class _MultiView(Randomizable):
 
 
 class SwAVTransform(_MultiView):
-    """SwAV multi-crop (paper Table 8, spec section 3): 2 x 224 px (scale 0.90-1.0) + 6 x 96 px (scale 0.10-0.33),
+    """SwAV multi-crop (paper Table 8): 2 x 224 px (scale 0.90-1.0) + 6 x 96 px (scale 0.10-0.33),
     colour jitter (0.4, 0.4, 0.2, 0.2) p=0.8, grayscale p=0.2, Gaussian blur p=0.5 (sigma 0.1-2), **no flips**.
 
     The paper's appendix A text says "four small crops of size 94"; its Table 8 (and the spec) say 6 x 96, used here.
