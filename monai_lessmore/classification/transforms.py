@@ -16,6 +16,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from monai_lessmore.io.dicom import is_dicom_file
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageLoadError",
@@ -38,14 +40,6 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """Read a 2-D slice as a float32 ``(H, W)`` array.
 
@@ -61,7 +55,7 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     suffix = _suffix(path)
     try:
-        if suffix in (".dcm", ".dicom") or (suffix not in IMAGE_SUFFIXES and _is_dicom(path)):
+        if suffix in (".dcm", ".dicom") or (suffix not in IMAGE_SUFFIXES and is_dicom_file(path)):
             import pydicom
 
             ds = pydicom.dcmread(str(path))

@@ -7,7 +7,7 @@
 (:mod:`monai_lessmore.duplicates.run`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
 data needed). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
 the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash verification
-(:mod:`monai_lessmore.hub.commands`).
+(:mod:`monai_lessmore.cli.bundle`, on :mod:`monai_lessmore.bundletools`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from monai_lessmore.hub.commands import add_hub_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
+from monai_lessmore.cli.args import positive_seconds
+from monai_lessmore.cli.bundle import add_bundle_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
 from monai_lessmore.io.slice_folder import SLICE_ORDERS
 from monai_lessmore.reduction.methods import METHODS
 
@@ -67,19 +68,10 @@ def _hamming(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
 def _add_reduction_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reduction")
-    g.add_argument("--method", default="hash", choices=sorted(set(METHODS) | {"none"}), help="similarity method (default: hash)")
+    g.add_argument("--config", default=None, metavar="FILE|PRESET", help="reduction settings from a YAML/JSON file or a shipped preset (hash3, hash6, hash12, everyn10, ssim10, mi10, deepnet10; see configs/reduction); the options below override it")
+    g.add_argument("--method", default=None, choices=sorted(set(METHODS) | {"none"}), help="similarity method (default: hash)")
     g.add_argument("--threshold", type=float, default=None, help="similarity threshold, inclusive (hash: Hamming distance 0..64, default 6)")
     g.add_argument("--fraction", type=_fraction, default=None, help="keep this fraction of each volume instead, in (0, 1]")
     g.add_argument("--count", type=_positive_int, default=None, help="keep this many slices of each volume instead")
@@ -87,25 +79,34 @@ def _add_reduction_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--every-n", type=_positive_int, default=None, help="for --method everyn: keep every n-th slice (default 10)")
     g.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="HU window for rendering (default: per-slice min-max, as the authors)")
     g.add_argument("--order", choices=SLICE_ORDERS, default="index", help="slice order: index (default: anatomical; slice folders by numeric index, DICOM by position), filename (slice folders: the authors' string sort) or instance (DICOM: InstanceNumber, as the authors' released data)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda, for ssim/mi/deepnet")
-    g.add_argument("--bins", type=_positive_int, default=100, help="histogram bins for mi (default 100)")
-    g.add_argument("--deepnet-weights", default="imagenet", help="deepnet: 'imagenet' (local torch cache only) or a state-dict file")
+    g.add_argument("--device", default=None, help="cpu (default) or cuda, for ssim/mi/deepnet")
+    g.add_argument("--bins", type=_positive_int, default=None, help="histogram bins for mi (default 100)")
+    g.add_argument("--deepnet-weights", default=None, help="deepnet: 'imagenet' (default; local torch cache only) or a state-dict file")
     g.add_argument("--mixed-size", type=_size, default=None, metavar="HxW", help="ssim/mi/deepnet: resample the slices of volumes whose slices differ in size to HxW (or N for NxN) before comparing them (default: refuse such volumes)")
 
 
 def _reducer_args(ns: argparse.Namespace) -> dict[str, Any]:
-    args: dict[str, Any] = {"method": ns.method, "algorithm": ns.algorithm, "device": ns.device}
-    if ns.threshold is not None:
-        args["threshold"] = int(ns.threshold) if ns.method == "hash" and float(ns.threshold).is_integer() else ns.threshold
-    for key in ("fraction", "count", "every_n", "window"):
-        if getattr(ns, key) is not None:
-            args[key] = getattr(ns, key)
-    if ns.method == "mi":
-        args["bins"] = ns.bins
-    if ns.method == "deepnet":
-        args["deepnet_weights"] = ns.deepnet_weights
-    if ns.mixed_size is not None and ns.method in ("ssim", "mi", "deepnet"):
-        args["mixed_size"] = ns.mixed_size
+    """The reducer arguments: ``--config`` (file or preset) overridden by the options given on the command line.
+
+    Raises:
+        ValueError, FileNotFoundError: a bad ``--config``.
+    """
+    from monai_lessmore.reduction.presets import merge_reduction_config
+
+    given = {key: getattr(ns, key) for key in ("method", "threshold", "fraction", "count", "algorithm", "every_n",
+                                               "window", "device", "bins", "deepnet_weights", "mixed_size")}
+    args: dict[str, Any] = {"method": "hash", "device": "cpu", **merge_reduction_config(ns.config, given)}
+    method = args["method"]
+    threshold = args.get("threshold")
+    if threshold is not None and method == "hash" and float(threshold).is_integer():
+        args["threshold"] = int(threshold)
+    if method != "mi":
+        args.pop("bins", None)
+    if method != "deepnet":
+        args.pop("deepnet_weights", None)
+    if method not in ("ssim", "mi", "deepnet"):
+        args.pop("mixed_size", None)
+    args.setdefault("algorithm", None)
     return args
 
 
@@ -123,12 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", choices=("none", "png", "nifti"), default="none", help="also write the kept slices (default: none)")
     p.add_argument("--workers", type=_positive_int, default=None, help="volumes processed in parallel (default 1); with --dask: worker processes of the local cluster")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # --- Dask scale-out and report (issue 3 items 6, 7) ---
+    # --- Dask scale-out and report ---
     g = p.add_argument_group("Dask cluster (one task per volume; records, manifest and summary written here by the client)")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--dask", action="store_true", help="run on a local Dask cluster of --workers processes, one thread each")
     where.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786 (dask-jobqueue: cluster.scheduler_address); inputs must be readable by the workers at the same paths, and with --export the output folder too")
-    g.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
+    g.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
     p.add_argument("--report", action="store_true", help="also write the report figures (as `lessmore report DIR`) at the end")
 
     d = sub.add_parser("demo", help="main job on the embedded synthetic CT phantom (no external data)")
@@ -158,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     uw = ug.add_mutually_exclusive_group()
     uw.add_argument("--dask", action="store_true", help="run on a local Dask cluster of --workers processes")
     uw.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786")
-    ug.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
-    # --- pre-trained ResNet50 bundle (issue 6): import-checkpoint, package-bundle, fetch-bundle ---
-    add_hub_parsers(sub)
+    ug.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
+    # --- pre-trained ResNet50 bundle: import-checkpoint, package-bundle, fetch-bundle ---
+    add_bundle_parsers(sub)
     return parser
 
 
@@ -289,12 +290,6 @@ def _run_duplicates(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _ssl_bundle() -> Path | None:
-    """The pre-training bundle beside the package (a source checkout or editable install), if present."""
-    bundle = Path(__file__).resolve().parents[2] / "bundles" / "lessmore_ssl_pretrain"
-    return bundle if (bundle / "configs" / "train.json").is_file() else None
-
-
 def _run_demo(ns: argparse.Namespace) -> int:
     """The main job on the embedded default: phantom volumes -> HASH-6 reduction -> a short SwAV pre-training
     whose encoder is exported in torchvision ResNet50 key names."""
@@ -316,11 +311,9 @@ def _run_demo(ns: argparse.Namespace) -> int:
     print(f"kept slices exported as PNG to {out / 'reduced' / 'slices'}")
     if code or ns.no_pretrain:
         return code
-    bundle = _ssl_bundle()
-    if bundle is None:
-        print("pre-training skipped: bundles/lessmore_ssl_pretrain is not beside the installed package "
-              "(install from a source checkout: pip install -e .)")
-        return 0
+    from monai_lessmore.resources import bundle_template
+
+    bundle = bundle_template("lessmore_ssl_pretrain")
     run_dir = (out / "pretrain").resolve()
     encoder = run_dir / "encoder.pt"
     # tiny settings (the paper's are 512 px, batch 128, 800 epochs): a CPU run of about a minute
@@ -352,8 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_console()
     ns = build_parser().parse_args(argv)
     if ns.command == "reduce":
+        try:
+            reducer_args = _reducer_args(ns)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"lessmore reduce: error: --config: {exc}", file=sys.stderr)
+            return 2
         return _run_reduce(
-            ns.inputs, ns.output, _reducer_args(ns), ns.export, ns.workers, ns.order, not ns.no_progress,
+            ns.inputs, ns.output, reducer_args, ns.export, ns.workers, ns.order, not ns.no_progress,
             dask=ns.dask, scheduler=ns.scheduler, connect_timeout=ns.connect_timeout, report=ns.report,
         )
     if ns.command == "report":

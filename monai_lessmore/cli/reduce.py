@@ -52,10 +52,10 @@ from monai_lessmore.io.discover import OUTPUT_MARKER, is_output_folder
 from monai_lessmore.io.slice_folder import resolve_slice_volume, validate_order
 from monai_lessmore.reduction.reducer import SliceReducer
 from monai_lessmore.utils.files import (
-    _umask,
     atomic_write_json,
     atomic_write_text,
     content_digest,
+    current_umask,
     pid_alive,
     remove_stale_temps,
     temp_path,
@@ -118,7 +118,7 @@ def _export_png(out_dir: Path, name: str, u8: Any, kept: Iterable[int]) -> None:
     try:
         for k in kept:
             Image.fromarray(u8[k]).save(tmp / f"{name}_{k}.png")
-            os.chmod(tmp / f"{name}_{k}.png", 0o666 & ~_umask())
+            os.chmod(tmp / f"{name}_{k}.png", 0o666 & ~current_umask())
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
@@ -276,7 +276,7 @@ def _worker_init(threads: int, parent: int, workers_lock: str | None) -> None:
         with contextlib.suppress(OSError, ImportError):
             import fcntl
 
-            fd = os.open(workers_lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            fd = os.open(workers_lock, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
             fcntl.flock(fd, fcntl.LOCK_SH)
             _worker_lock_fd = fd  # held until this process ends
     _share_cores(threads)
@@ -384,7 +384,7 @@ def output_lock(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / OUTPUT_MARKER
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
     flock = True
     try:
         try:

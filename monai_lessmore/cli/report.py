@@ -1,4 +1,4 @@
-"""``lessmore report DIR``: look at a reduction before training on it (issue 3 item 7).
+"""``lessmore report DIR``: look at a reduction before training on it.
 
 Two PNG figures from the output folder of a ``lessmore reduce`` run:
 

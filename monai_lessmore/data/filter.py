@@ -14,15 +14,14 @@ what :class:`~monai_lessmore.transforms.LoadSliced` reads lazily.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from typing import Any, Sequence
 
-from monai_lessmore.data.cache import ReductionCache
+from monai_lessmore.data.cache import ReductionCache, params_digest
 from monai_lessmore.io.load import SLICE_STORE_SUFFIX, detect_volume_kind
 from monai_lessmore.io.slice_folder import validate_order
+from monai_lessmore.reduction.presets import merge_reduction_config
 from monai_lessmore.reduction.reducer import SliceReducer
 
 __all__ = ["SliceReductionFilter", "reduce_volume_file", "reduce_datalist"]
@@ -55,7 +54,7 @@ def reduce_volume_file(
     digest = content_digest(source) if cache is not None or slice_store_dir is not None else None
     store = None
     if slice_store_dir is not None and detect_volume_kind(source)[0] in _STORED_KINDS:
-        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        key = params_digest(params)[:12]
         store = os.path.join(os.fspath(slice_store_dir), f"{digest[:32]}_{key}{SLICE_STORE_SUFFIX}")  # type: ignore[index]
     if cache is not None:
         hit = cache.get(source, params, digest)
@@ -92,19 +91,13 @@ _STORED_KINDS = ("nifti", "itk")
 
 
 def _write_store(path: str, array: Any, kept: Sequence[int]) -> None:
-    """Write ``array[kept]`` as float32 ``.npy`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``array[kept]`` as float32 ``.npy`` atomically (:func:`monai_lessmore.utils.files.atomic_open`)."""
     import numpy as np
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(np.asarray(array)[list(kept)], dtype=np.float32), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from monai_lessmore.utils.files import atomic_open
+
+    with atomic_open(path, fsync=False) as fh:  # a lost store is rebuilt from the volume on the next run
+        np.save(fh, np.ascontiguousarray(np.asarray(array)[list(kept)], dtype=np.float32), allow_pickle=False)
 
 
 class SliceReductionFilter:
@@ -133,6 +126,8 @@ class SliceReductionFilter:
             ``{}`` = these defaults) to find them among the datalist's volumes after reducing them. The volume
             kept is the one with the most slices (ties: the smallest ``lessmore reduce`` volume name). The
             groups are in :attr:`duplicate_groups`, the dropped sources in :attr:`dropped_duplicates`.
+        config: reduction settings from a preset name (``"hash6"``, ``"ssim10"`` ...) or a YAML/JSON file
+            (:mod:`monai_lessmore.reduction.presets`); ``reducer_args`` override it.
         reducer_args: everything else is passed to :class:`~monai_lessmore.reduction.SliceReducer` (``method``,
             ``threshold``, ``fraction``, ``algorithm``, ...). ``method="none"`` is accepted as ``"all"``.
     """
@@ -146,9 +141,10 @@ class SliceReductionFilter:
         on_error: str = "raise",
         slice_store_dir: str | os.PathLike | None = None,
         duplicates: str | os.PathLike | dict[str, Any] | None = None,
+        config: str | os.PathLike | dict[str, Any] | None = None,
         **reducer_args: Any,
     ) -> None:
-        self.reducer = SliceReducer(**reducer_args)
+        self.reducer = SliceReducer(**merge_reduction_config(config, reducer_args))
         validate_order(order)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")

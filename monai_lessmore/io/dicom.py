@@ -60,6 +60,7 @@ from monai_lessmore.io.volume import Volume, VolumeReadError
 __all__ = [
     "DICOM_ORDERS",
     "is_dicom_file",
+    "looks_like_dicom",
     "list_dicom_candidates",
     "folder_has_dicom",
     "dicom_series_files",
@@ -93,8 +94,9 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return head[_MAGIC_OFFSET:] == _MAGIC
 
 
-def _is_candidate(path: str) -> bool:
-    return path.lower().endswith(".dcm") or is_dicom_file(path)
+def looks_like_dicom(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is taken as a DICOM file: a ``.dcm`` name, or the ``DICM`` magic (:func:`is_dicom_file`)."""
+    return os.fspath(path).lower().endswith(".dcm") or is_dicom_file(path)
 
 
 def _regular_files(folder: str) -> list[str]:
@@ -106,14 +108,14 @@ def list_dicom_candidates(folder: str | os.PathLike) -> tuple[list[str], list[st
     """Split the files directly in ``folder`` into DICOM candidates and others (both sorted by name)."""
     dicom, other = [], []
     for path in _regular_files(os.fspath(folder)):
-        (dicom if _is_candidate(path) else other).append(path)
+        (dicom if looks_like_dicom(path) else other).append(path)
     return dicom, other
 
 
 def folder_has_dicom(folder: str | os.PathLike) -> bool:
     """Whether ``folder`` directly holds at least one DICOM file (stops at the first one)."""
     try:
-        return any(_is_candidate(p) for p in _regular_files(os.fspath(folder)))
+        return any(looks_like_dicom(p) for p in _regular_files(os.fspath(folder)))
     except OSError:
         return False
 

@@ -10,7 +10,7 @@ The convention (shared by the NIfTI and ITK readers, and matching a standard axi
 
 For an oblique or non-axial-dominant acquisition each voxel axis goes to the world axis it is closest to
 (:func:`nibabel.orientations.io_orientation`); only flips and transposes are applied, never resampling, so voxel
-values are unchanged. This makes the slice axis the one "taken from the image orientation" (spec section 2).
+values are unchanged. This makes the slice axis the one taken from the image orientation, not assumed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,27 @@
-"""Networks shared by the bundles: torchvision's ResNet50 with a feature method."""
+"""The package's ResNet50 (torchvision's, ``num_classes=0`` for the encoder), the loading of its weights, and its
+ImageNet conventions.
+
+Submodules: ``resnet`` (the network), ``weights`` (reading and validating weights), ``imagenet`` (normalisation,
+cached ImageNet weights). The names below are imported on first use, so ``import monai_lessmore.networks.imagenet``
+does not import torchvision.
+"""
 
 from __future__ import annotations
 
-from monai_lessmore.networks.resnet import Bottleneck, ResNet50
+import importlib
+from typing import Any
 
-__all__ = ["Bottleneck", "ResNet50"]
+_EXPORTS = {
+    "ENCODER_DIM": "resnet", "Bottleneck": "resnet", "ResNet50": "resnet", "resnet50_encoder": "resnet",
+    "EncoderLoadError": "weights", "head_classes": "weights", "load_encoder_weights": "weights",
+    "load_pretrained": "weights", "read_state_dict": "weights",
+    "IMAGENET_MEAN": "imagenet", "IMAGENET_STD": "imagenet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"monai_lessmore.networks.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'monai_lessmore.networks' has no attribute {name!r}")

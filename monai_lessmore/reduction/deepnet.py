@@ -23,44 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_lessmore.networks.imagenet import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_WEIGHTS_URL, imagenet_weights_path
 from monai_lessmore.reduction.stack import as_slice_stack
 
 __all__ = ["ResNet50Embedder", "pairwise_cosine", "pairwise_deepnet", "imagenet_weights_path", "IMAGENET_WEIGHTS_URL"]
 
-#: torchvision's ResNet50_Weights.IMAGENET1K_V1 (acc@1 76.13); the file name is what torch.hub caches it as.
-IMAGENET_WEIGHTS_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _LAYERS = {"avgpool": 2048, "fc": 1000}
 _SCALINGS = ("auto", "minmax", "uint8")
-
-
-def _torchvision_resnet50() -> Any:
-    """``torchvision.models.resnet50``, imported through :func:`monai_lessmore.utils.torchvision_compat.import_torchvision`."""
-    from monai_lessmore.utils.torchvision_compat import import_torchvision
-
-    return import_torchvision("models").resnet50
-
-
-def imagenet_weights_path() -> Path:
-    """Where torch hub caches the ImageNet weights: ``torch.hub.get_dir()/checkpoints/resnet50-0676ba61.pth``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS_URL)
-
-
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"could not read ResNet50 weights from {path}: {err}") from err
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict (parameter name -> tensor)")
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        raise ValueError(
-            f"{path} looks like a training checkpoint (it has a 'state_dict' entry), not a plain torchvision state "
-            "dict; extract the encoder weights (keys like 'conv1.weight', 'layer1.0.conv1.weight') and save them "
-            "with torch.save(state_dict, path)"
-        )
-    return state
 
 
 class ResNet50Embedder:
@@ -119,17 +88,20 @@ class ResNet50Embedder:
         return _LAYERS[self.layer]
 
     def _build(self, weights: str | os.PathLike | None) -> torch.nn.Module:
-        resnet50 = _torchvision_resnet50()
+        from monai_lessmore.networks.resnet import ResNet50
+        from monai_lessmore.networks.weights import load_encoder_weights, read_state_dict
+
         if weights is None:
             raise ValueError(
                 "weights=None is ambiguous: pass weights='imagenet' (the paper's ImageNet ResNet50, read from the "
                 f"local torch hub cache at {imagenet_weights_path()}), a path to a ResNet50 state dict, or "
                 "weights='random' for an untrained network"
             )
-        model = resnet50(weights=None)
+        # avgpool: the 2048-d features (identity head); fc: the 1000 ImageNet logits
+        model = ResNet50(num_classes=0 if self.layer == "avgpool" else 1000)
         if isinstance(weights, str) and weights == "random":
-            pass
-        elif isinstance(weights, str) and weights == "imagenet":
+            return model
+        if isinstance(weights, str) and weights == "imagenet":
             path = imagenet_weights_path()
             if not path.is_file():
                 raise FileNotFoundError(
@@ -138,7 +110,6 @@ class ResNet50Embedder:
                     f"{IMAGENET_WEIGHTS_URL} and copy it to that path (or set TORCH_HOME), or pass "
                     "weights=PATH to a ResNet50 state dict file"
                 )
-            self._load_into(model, _load_state_dict(path), path)
         else:
             path = Path(weights)
             if not path.is_file():
@@ -146,27 +117,12 @@ class ResNet50Embedder:
                     f"weights file {path} does not exist; pass weights='imagenet', 'random' or an existing "
                     "ResNet50 state dict file"
                 )
-            self._load_into(model, _load_state_dict(path), path)
-        if self.layer == "avgpool":
-            model.fc = torch.nn.Identity()
-        return model
-
-    def _load_into(self, model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-        expected = set(model.state_dict())
-        given = set(state)
-        missing = sorted(expected - given)
-        unexpected = sorted(given - expected)
         # a backbone-only state dict (no classifier) is fine for the pooled features
-        if self.layer == "avgpool":
-            missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} does not match torchvision's ResNet50: {len(missing)} missing keys {missing[:8]}"
-                f"{' ...' if len(missing) > 8 else ''}, {len(unexpected)} unexpected keys {unexpected[:8]}"
-                f"{' ...' if len(unexpected) > 8 else ''}; save it with torch.save(resnet50.state_dict(), path) "
-                "(strip prefixes such as 'module.' or 'model.')"
-            )
-        model.load_state_dict(state, strict=self.layer == "fc")
+        load_encoder_weights(
+            model, read_state_dict(path), load_head=self.layer == "fc", strict=True, source=str(path),
+            hint="save it with torch.save(resnet50.state_dict(), path)",
+        )
+        return model
 
     def preprocess(self, batch: torch.Tensor) -> torch.Tensor:
         """``(B, H, W)`` slices -> ``(B, 3, size, size)`` ImageNet-normalised float32 input."""

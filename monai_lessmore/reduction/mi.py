@@ -3,7 +3,7 @@
 The paper (Wolf et al. 2024, section 2.1, equation 2) uses the normalised mutual information of Studholme et al.
 (1999), ``NMI(X, Y) = (H(X) + H(Y)) / H(X, Y)``, which ranges from 1 (independent) to 2 (identical up to a
 relabelling of the bins). :func:`pairwise_nmi` returns it for every pair of slices, equal to
-``skimage.metrics.normalized_mutual_information(x, y, bins=bins)`` (spec section 2).
+``skimage.metrics.normalized_mutual_information(x, y, bins=bins)``.
 
 scikit-image builds the joint histogram with ``np.histogramdd(..., bins=bins)``: per image, ``bins`` equal-width
 bins over that image's own ``[min, max]`` (``np.linspace``; a constant image gets ``[v - 0.5, v + 0.5]``), a value

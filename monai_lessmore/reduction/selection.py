@@ -4,7 +4,7 @@ Every function here works on a square *score* matrix in which **lower means more
 of two hashes as it is; a similarity such as SSIM negated by :mod:`monai_lessmore.reduction.methods`). A pair is
 *similar* when its score is at most the threshold (inclusive): for HASH-6, a Hamming distance of 0..6.
 
-Two algorithms, both deterministic (spec section 2):
+Two algorithms, both deterministic (Wolf et al. 2024 section 2.1 and the authors' released code):
 
 * :func:`select_leader` -- the authors' released HASH code. In slice order, the first remaining slice becomes an
   exemplar and every remaining slice similar to it is dropped; repeat. With HASH-6, kept exemplars are pairwise at

@@ -7,7 +7,7 @@ range L. :func:`pairwise_ssim` returns the mean SSIM of every pair, equal to
     skimage.metrics.structural_similarity(x, y, data_range=L, gaussian_weights=True, sigma=1.5,
                                           use_sample_covariance=False)
 
-(spec section 2), but it computes the per-slice statistics (filtered mean and filtered second moment) once per
+but it computes the per-slice statistics (filtered mean and filtered second moment) once per
 slice; only the cross term ``G * (x y)`` is filtered per pair (on CPU in numba kernels, see
 :mod:`monai_lessmore.reduction._jit`; on a GPU, or with ``backend="torch"``, in torch). The Gaussian filter is the separable one of
 ``scipy.ndimage.gaussian_filter`` with ``truncate=3.5`` (radius ``int(3.5 * sigma + 0.5)``, 5 for sigma 1.5) and

@@ -26,7 +26,7 @@ from typing import Any, Hashable, Mapping, Sequence
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_lessmore.hub.handlers import FeatureWriter
+from monai_lessmore.classification.handlers import FeatureWriter
 from monai_lessmore.utils.files import atomic_write_text
 
 __all__ = ["embedding_datalist", "ReadSliced", "EmbeddingWriter"]
@@ -136,7 +136,7 @@ class ReadSliced(MapTransform):
 
 
 class EmbeddingWriter(FeatureWriter):
-    """:class:`~monai_lessmore.hub.handlers.FeatureWriter` (``features.npy`` + ``features_ids.txt``, optionally
+    """:class:`~monai_lessmore.classification.handlers.FeatureWriter` (``features.npy`` + ``features_ids.txt``, optionally
     ``features.csv``) plus ``index.csv``: ``row, id, volume, slice`` for every row of ``features.npy`` (``slice``
     is -1 for a slice file). The batch must carry ``id``, ``volume`` and ``slice`` (:func:`embedding_datalist`)."""
 

@@ -31,7 +31,8 @@ from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
 from torch import nn
 
-from monai_lessmore.ssl.backbone import _is_dist, unwrap
+from monai_lessmore.ssl.backbone import unwrap
+from monai_lessmore.utils.distributed import get_world_size, is_distributed
 from monai_lessmore.ssl.queue import FeatureQueue
 
 __all__ = ["SSLTrainer", "SSLStep", "SwAVStep", "MoCoStep", "SparKStep", "build_loader", "wrap_ddp", "as_bool",
@@ -56,7 +57,7 @@ def as_bool(value: Any) -> bool:
 def _all_finite(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every rank (so that all ranks skip or all step together under DDP)."""
     ok = torch.isfinite(loss.detach()).float().reshape(1)
-    if _is_dist():
+    if is_distributed():
         torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
     return bool(ok.item() > 0)
 
@@ -286,7 +287,7 @@ def wrap_ddp(module: nn.Module, device: str | torch.device, sync_bn: bool = Fals
     """
     device = torch.device(device)
     module = module.to(device)
-    if not _is_dist():
+    if not is_distributed():
         return module
     if as_bool(sync_bn):
         if device.type != "cuda":
@@ -312,10 +313,10 @@ def build_loader(dataset: Any, batch_size: int, *, num_workers: int = 0, shuffle
     from monai_lessmore.ssl.data import check_batch_size
 
     distributed = as_bool(distributed)
-    world = torch.distributed.get_world_size() if distributed and _is_dist() else 1
+    world = get_world_size() if distributed else 1
     check_batch_size(len(dataset), batch_size, world)
     sampler = None
-    if distributed and _is_dist():
+    if distributed and is_distributed():
         sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=True)
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=int(num_workers), drop_last=True, pin_memory=pin_memory,

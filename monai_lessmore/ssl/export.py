@@ -35,7 +35,8 @@ def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export_encoder(model: nn.Module, path: str | os.PathLike) -> str:
     """Write :func:`encoder_state_dict` of ``model`` to ``path`` atomically (rank 0 only); returns the path."""
-    from monai_lessmore.ssl.handlers import atomic_torch_save, is_rank0
+    from monai_lessmore.ssl.handlers import atomic_torch_save
+    from monai_lessmore.utils.distributed import is_rank0
 
     path = os.fspath(path)
     if is_rank0():

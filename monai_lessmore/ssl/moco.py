@@ -15,7 +15,8 @@ from torch import nn
 
 from collections.abc import Callable
 
-from monai_lessmore.ssl.backbone import ENCODER_DIM, _is_dist, resnet50_encoder
+from monai_lessmore.ssl.backbone import ENCODER_DIM, resnet50_encoder
+from monai_lessmore.utils.distributed import get_rank, get_world_size, is_distributed
 
 __all__ = ["MoCoProjectionHead", "MoCoLoss", "MoCoModel", "update_momentum", "concat_all_gather", "shuffled_keys"]
 
@@ -44,9 +45,9 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
 @torch.no_grad()
 def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
     """``x`` from every rank concatenated along dim 0 (``x`` itself outside ``torch.distributed``)."""
-    if not _is_dist():
+    if not is_distributed():
         return x
-    out = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
+    out = [torch.empty_like(x) for _ in range(get_world_size())]
     torch.distributed.all_gather(out, x.contiguous())
     return torch.cat(out)
 
@@ -69,8 +70,8 @@ def shuffled_keys(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
         x: ``(B, ...)`` the key view of this process's batch (equal ``B`` on every rank).
         splits: sub-batches in a single process.
     """
-    if _is_dist() and torch.distributed.get_world_size() > 1:
-        rank, b = torch.distributed.get_rank(), x.shape[0]
+    if get_world_size() > 1:
+        rank, b = get_rank(), x.shape[0]
         x_all = concat_all_gather(x)
         perm = torch.randperm(x_all.shape[0], device=x.device)
         torch.distributed.broadcast(perm, src=0)

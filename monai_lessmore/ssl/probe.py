@@ -251,7 +251,7 @@ class DownstreamProbe:
     @torch.no_grad()
     def embed(self, network: torch.nn.Module) -> np.ndarray:
         """``(N, 2048)`` L2-normalised features of the probe set with ``network``'s encoder weights."""
-        from monai_lessmore.hub.network import ResNet50Features
+        from monai_lessmore.networks import ResNet50
         from monai_lessmore.ssl.export import encoder_state_dict
 
         if self.images is None:
@@ -259,7 +259,7 @@ class DownstreamProbe:
         state = encoder_state_dict(network)
         device = torch.device(self.device) if self.device else next(iter(state.values())).device
         if self._evaluator is None:
-            self._evaluator = ResNet50Features().eval()
+            self._evaluator = ResNet50(num_classes=0).eval()
         net = self._evaluator.to(device)
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
         mean, std = _MEAN.to(device), _STD.to(device)

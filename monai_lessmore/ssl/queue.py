@@ -14,14 +14,14 @@ import warnings
 import torch
 from torch import nn
 
+from monai_lessmore.utils.distributed import get_rank, get_world_size
+
 _RANK_KEYS = ("rank_data", "rank_ptr", "rank_num_filled")
 
 
 def _dist_world() -> tuple[int, int]:
     """``(world size, rank)``, ``(1, 0)`` outside ``torch.distributed``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
+    return get_world_size(), get_rank()
 
 __all__ = ["FeatureQueue"]
 

@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from monai_lessmore.ssl.backbone import ENCODER_DIM, _is_dist, resnet50_encoder
+from monai_lessmore.ssl.backbone import ENCODER_DIM, resnet50_encoder
+from monai_lessmore.utils.distributed import get_world_size, is_distributed
 
 __all__ = ["sinkhorn", "SwAVProjectionHead", "SwAVPrototypes", "SwAVLoss", "SwAVModel"]
 
@@ -43,8 +44,8 @@ def sinkhorn(scores: torch.Tensor, *, epsilon: float = 0.05, iterations: int = 3
         raise ValueError(f"scores must be (batch, prototypes), got shape {tuple(scores.shape)}")
     if iterations < 1 or epsilon <= 0:
         raise ValueError(f"need iterations >= 1 and epsilon > 0, got iterations={iterations}, epsilon={epsilon}")
-    distributed = _is_dist() if distributed is None else distributed
-    world = dist.get_world_size() if distributed else 1
+    distributed = is_distributed() if distributed is None else distributed
+    world = get_world_size() if distributed else 1
     # subtract the global max before exp: same Q (it cancels in the normalisations), no overflow in fp32
     s = scores.float() / epsilon
     m = s.max()

@@ -24,13 +24,13 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from torch import nn
 
+from monai_lessmore.networks.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["SwAVTransform", "MoCoTransform", "SparKTransform", "MakeViewsd", "MakeViewsD", "MakeViewsDict",
            "IMAGENET_MEAN", "IMAGENET_STD",
            "random_resized_crop", "color_jitter", "adjust_hue", "gaussian_blur"]
 
 #: ImageNet normalisation, as all three reference implementations normalise their inputs.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -241,7 +241,7 @@ class _MultiView(Randomizable):
 
 
 class SwAVTransform(_MultiView):
-    """SwAV multi-crop (paper Table 8, spec section 3): 2 x 224 px (scale 0.90-1.0) + 6 x 96 px (scale 0.10-0.33),
+    """SwAV multi-crop (paper Table 8): 2 x 224 px (scale 0.90-1.0) + 6 x 96 px (scale 0.10-0.33),
     colour jitter (0.4, 0.4, 0.2, 0.2) p=0.8, grayscale p=0.2, Gaussian blur p=0.5 (sigma 0.1-2), **no flips**.
 
     The paper's appendix A text says "four small crops of size 94"; its Table 8 (and the spec) say 6 x 96, used here.

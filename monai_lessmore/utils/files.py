@@ -1,4 +1,4 @@
-"""Atomic writes, cleanup of temporaries left by killed runs, and content digests of volumes on disk.
+"""Atomic writes, cleanup of temporaries left by killed runs, file hashes and content digests of volumes on disk.
 
 Outputs are written to a temporary file in the destination folder and moved into place with :func:`os.replace`,
 so a reader never sees half a file and an interrupted run leaves the previous version intact. A temporary's name
@@ -9,6 +9,7 @@ that was killed (``kill -9``, out of memory, power cut) from those of one still 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -18,10 +19,12 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
+    "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -31,22 +34,29 @@ __all__ = [
     "is_stale_temp",
     "remove_stale_temps",
     "pid_alive",
+    "current_umask",
+    "file_hash",
 ]
 
 _CHUNK = 1 << 20
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than the call)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + rename in the same folder).
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[IO[bytes]]:
+    """A binary file handle whose content replaces ``path`` atomically when the ``with`` block ends without error.
 
-    ``fsync=False`` skips flushing to the disk: readers still never see a partial file, but a power cut may lose
-    it (fine for many small exports that a re-run recreates).
+    The data goes to a temporary file in the same folder (``.NAME.PID-XXXXXXXX.tmp``), renamed over ``path`` at the
+    end or deleted on any error, so a reader never sees half a file and a failed write leaves the previous version
+    intact. Use it for writers that stream (``torch.save(obj, fh)``, ``np.save(fh, array)``, a ``ZipFile``).
+    ``fsync=False`` skips flushing to the disk: readers still never see a partial file, but a power cut may lose it
+    (fine for many small exports that a re-run recreates).
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -54,9 +64,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask), so outputs
         # stay readable by the other users of a shared cluster folder
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -67,7 +77,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
         except OSError:
             pass
         raise
-    return dest
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, fsync=fsync) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def file_hash(path: str | os.PathLike, hash_type: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks (``hash_type``: any :func:`hashlib.new` name, e.g.
+    ``"sha256"`` or one of MONAI's ``SUPPORTED_HASH_TYPES``)."""
+    try:
+        h = hashlib.new(hash_type)
+    except ValueError:
+        raise ValueError(f"unknown hash_type {hash_type!r} (e.g. 'sha256')") from None
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -271,11 +300,7 @@ def _file_digest(path: Path) -> str:
         hit = _memo.get(key)
     if hit is not None:
         return hit
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = file_hash(path)
     with _memo_lock:
         _memo[key] = digest
     return digest

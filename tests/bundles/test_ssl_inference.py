@@ -24,10 +24,10 @@ SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20220324.json"
 def encoder_file(tmp_path_factory) -> Path:
     """Weights built from the config's network_def (random, with non-trivial BN statistics), saved as a plain
     state dict like the training configs' export."""
-    from monai_lessmore.hub.network import ResNet50Features
+    from monai_lessmore.networks import ResNet50
 
     torch.manual_seed(0)
-    net = ResNet50Features()
+    net = ResNet50(num_classes=0)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
@@ -69,9 +69,9 @@ def test_torchscript_export_of_weights_built_from_network_def(encoder_file, tmp_
     ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(encoder_file), meta_file=str(META),
                 config_file=str(CONFIG), bundle_root=str(BUNDLE))
     scripted = torch.jit.load(str(ts))
-    from monai_lessmore.hub.network import ResNet50Features
+    from monai_lessmore.networks import ResNet50
 
-    net = ResNet50Features().eval()
+    net = ResNet50(num_classes=0).eval()
     net.load_state_dict(torch.load(encoder_file, weights_only=True))
     x = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(scripted(x), net(x))

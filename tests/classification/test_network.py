@@ -100,3 +100,40 @@ def test_unsafe_or_missing_files(tmp_path):
         ResNet50Classifier(pretrained_encoder=str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="either pretrained_encoder or pretrained_bundle"):
         ResNet50Classifier(pretrained_encoder="a", pretrained_bundle="b")
+
+
+def test_one_resnet50_for_pretraining_finetuning_bundle_and_deepnet():
+    """Every network of the package is networks.ResNet50; the encoder's state dict is torchvision's minus fc."""
+    from monai.bundle import ConfigParser
+
+    from monai_lessmore.networks import ENCODER_DIM, resnet50_encoder
+    from monai_lessmore.reduction.deepnet import ResNet50Embedder
+    from monai_lessmore.ssl.backbone import resnet50_encoder as ssl_encoder
+    from tests.conftest import REPO_ROOT
+
+    torch.manual_seed(0)
+    encoder = ssl_encoder()
+    torch.manual_seed(0)
+    reference = ResNet50(num_classes=1000)
+    assert ssl_encoder is resnet50_encoder and isinstance(encoder.fc, torch.nn.Identity)
+    assert list(encoder.state_dict()) == [k for k in reference.state_dict() if not k.startswith("fc.")]
+    torch.testing.assert_close(encoder.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)  # same init draws
+    assert encoder.eval()(torch.rand(1, 3, 32, 32)).shape == (1, ENCODER_DIM)
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / "lessmore_hash6_resnet50" / "configs" / "inference.json"))
+    bundle_net = parser.get_parsed_content("network_def")
+    for net in (ResNet50Classifier(), ResNet50Embedder(weights="random").model, bundle_net):
+        assert type(net).__mro__[:2][-1] is ResNet50 or type(net) is ResNet50
+
+
+def test_load_report_strips_prefix_and_lists_keys(encoder_file):
+    from monai_lessmore.networks import load_encoder_weights, resnet50_encoder
+
+    _, state = encoder_file
+    noisy = {**{f"module.{k}": v for k, v in state.items()}, "module.queue": torch.zeros(3)}
+    net = resnet50_encoder()
+    report = load_encoder_weights(net, noisy, source="moco.pt")
+    assert report == {"missing": [], "unexpected": ["queue"]}
+    torch.testing.assert_close(net.conv1.weight, state["conv1.weight"])
+    with pytest.raises(EncoderLoadError, match=r"moco.pt does not fit .*0 of the 318 .*1 unexpected keys, e.g. \['queue'\]"):
+        load_encoder_weights(net, noisy, source="moco.pt", strict=True)

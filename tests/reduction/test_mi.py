@@ -1,4 +1,4 @@
-"""pairwise_nmi against scikit-image's normalized_mutual_information, the oracle named in spec section 2.
+"""pairwise_nmi against scikit-image's normalized_mutual_information, the oracle.
 
 Every expected number is ``skimage.metrics.normalized_mutual_information(x, y, bins=bins)`` on the same slices, for
 every pair; the joint histograms are bit-identical, so the tolerance is 1e-12 (the spec asks 1e-6).

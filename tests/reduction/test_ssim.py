@@ -1,4 +1,4 @@
-"""pairwise_ssim against scikit-image's structural_similarity, the oracle named in spec section 2.
+"""pairwise_ssim against scikit-image's structural_similarity, the oracle.
 
 Every expected number comes from ``skimage.metrics.structural_similarity(x, y, data_range=L, gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False)`` on float64 copies of the same slices, for every pair.

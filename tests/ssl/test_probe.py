@@ -119,9 +119,9 @@ def test_probe_every_n_epochs_keeps_the_best(tmp_path, net, monkeypatch):
     assert best["epoch"] == (3 if last > 0.6 else 2) and best["value"] == max(0.6, last)
     assert engine.state.metrics["probe_knn_auc"] == last
     sd = torch.load(out / "best_probe.pt", weights_only=True)
-    from monai_lessmore.hub.network import ResNet50Features
+    from monai_lessmore.networks import ResNet50
 
-    ResNet50Features().load_state_dict(sd, strict=True)
+    ResNet50(num_classes=0).load_state_dict(sd, strict=True)
     torch.testing.assert_close(sd["conv1.weight"], net.backbone.conv1.weight)
     assert list(out.glob("events.out.tfevents.*"))  # TensorBoard
     assert not list(out.glob("*.tmp*"))
@@ -138,9 +138,9 @@ def test_features_are_the_encoders(tmp_path, net):
     data = _class_folders(tmp_path / "data", n=3)
     probe = DownstreamProbe("folder", data_root=str(data), enabled=True, image_size=32, output_dir=str(tmp_path))
     feats = probe.embed(net)
-    from monai_lessmore.hub.network import ResNet50Features
+    from monai_lessmore.networks import ResNet50
 
-    ref = ResNet50Features().eval()
+    ref = ResNet50(num_classes=0).eval()
     ref.load_state_dict(net.backbone.state_dict(), strict=False)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():

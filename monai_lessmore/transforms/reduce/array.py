@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import Transform
 from monai.utils import TransformBackends
 
+from monai_lessmore.reduction.presets import merge_reduction_config
 from monai_lessmore.reduction.reducer import SliceReducer
 
 __all__ = ["ReduceSlices", "KEPT_INDICES", "KEPT_HASHES", "SLICE_AXIS", "N_SLICES"]
@@ -37,33 +39,36 @@ class ReduceSlices(Transform):
 
     Args:
         method, threshold, fraction, count, algorithm, every_n, window, device, bins, deepnet_weights: as
-            :class:`~monai_lessmore.reduction.SliceReducer` (HASH-6 with the leader algorithm by default).
+            :class:`~monai_lessmore.reduction.SliceReducer` (HASH-6 with the leader algorithm by default); ``None``
+            takes the value of ``config``, else the reducer's default.
         slice_axis: spatial axis (0..2) of the slices, overriding the affine; slices are then taken in stored order
             and orientation.
         rendered: the values are already 8-bit renderings (e.g. stacked PNG slices): hash them as they are.
+        config: reduction settings from a preset name (``"hash6"``, ``"ssim10"`` ...) or a YAML/JSON file
+            (:mod:`monai_lessmore.reduction.presets`); the other arguments override it.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(
         self,
-        method: str = "hash",
+        method: str | None = None,
         threshold: float | None = None,
         fraction: float | None = None,
         count: int | None = None,
         algorithm: str | None = None,
         every_n: int | None = None,
         window: Sequence[float] | None = None,
-        device: str = "cpu",
-        bins: int = 100,
-        deepnet_weights: str | None = "imagenet",
+        device: str | None = None,
+        bins: int | None = None,
+        deepnet_weights: str | None = None,
         slice_axis: int | None = None,
         rendered: bool = False,
+        config: str | os.PathLike | Mapping[str, Any] | None = None,
     ) -> None:
-        self.reducer = SliceReducer(
-            method=method, threshold=threshold, fraction=fraction, count=count, algorithm=algorithm,
-            every_n=every_n, window=window, device=device, bins=bins, deepnet_weights=deepnet_weights,
-        )
+        options = dict(method=method, threshold=threshold, fraction=fraction, count=count, algorithm=algorithm,
+                       every_n=every_n, window=window, device=device, bins=bins, deepnet_weights=deepnet_weights)
+        self.reducer = SliceReducer(**merge_reduction_config(config, options))
         if slice_axis is not None and slice_axis not in (0, 1, 2, -1, -2, -3):
             raise ValueError(f"slice_axis must be a spatial axis 0, 1 or 2 (or -1..-3), got {slice_axis!r}")
         self.slice_axis = slice_axis

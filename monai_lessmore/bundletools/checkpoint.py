@@ -1,7 +1,7 @@
 """Read a pre-training checkpoint file without running code hidden in it, unless the user says they trust it.
 
-The authors of Wolf et al. (2024) published their four SwAV ResNet50s as PyTorch Lightning ``.ckpt`` files (spec
-section 6). Such a file is a pickle: besides the tensors of ``state_dict`` it holds the Lightning hyper-parameters
+The authors of Wolf et al. (2024) published their four SwAV ResNet50s as PyTorch Lightning ``.ckpt`` files
+(github.com/Wolfda95/Less_is_More). Such a file is a pickle: besides the tensors of ``state_dict`` it holds the Lightning hyper-parameters
 (``AttributeDict``), loop and callback states, and whatever else the training script saved. Unpickling arbitrary
 objects can execute arbitrary code, which is why :func:`read_checkpoint` first uses
 ``torch.load(weights_only=True)`` (tensors and plain containers only). Lightning's ``AttributeDict`` -- a ``dict``

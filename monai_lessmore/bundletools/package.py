@@ -9,24 +9,23 @@ uncompressed (float tensors do not compress); text files are deflated.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from monai.apps.utils import SUPPORTED_HASH_TYPES
 
-from monai_lessmore.utils.files import atomic_write_text
+from monai_lessmore.utils.files import atomic_open, atomic_write_text
+from monai_lessmore.utils.files import file_hash as _file_hash
 
 __all__ = ["PackageResult", "package_bundle", "file_hash", "HASH_TYPES", "EXCLUDED_DIRS", "EXCLUDED_SUFFIXES"]
 
 #: the hash types ``monai.apps.utils.check_hash`` (and so ``download_url``/``large_files.yml``) accepts
-HASH_TYPES = ("md5", "sha1", "sha256", "sha512")
+HASH_TYPES = tuple(SUPPORTED_HASH_TYPES)
 #: folders never packaged: run outputs and caches
 EXCLUDED_DIRS = frozenset({"eval", "__pycache__", ".ipynb_checkpoints", ".git"})
 #: source checkpoints stay out of the zip: the bundle carries the converted ``models/model.pt``
@@ -54,11 +53,7 @@ def file_hash(path: str | os.PathLike, hash_type: str = "sha256") -> str:
     """Hex digest of a file (``hash_type`` one of :data:`HASH_TYPES`)."""
     if hash_type not in HASH_TYPES:
         raise ValueError(f"hash_type must be one of {HASH_TYPES}, got {hash_type!r}")
-    h = hashlib.new(hash_type)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _file_hash(path, hash_type)
 
 
 def _bundle_files(bundle: Path) -> tuple[list[Path], list[str]]:
@@ -77,6 +72,8 @@ def _bundle_files(bundle: Path) -> tuple[list[Path], list[str]]:
 
 
 def _check_weights(model: Path) -> None:
+    import torch
+
     try:
         state = torch.load(model, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -149,26 +146,15 @@ def package_bundle(
         raise FileExistsError(f"{zip_path} already exists; refusing to overwrite it (pass --force to replace it)")
     files, skipped = _bundle_files(bundle)
     files = [f for f in files if f.relative_to(bundle).as_posix() not in set(exclude)]
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w") as zf:
-            for f in files:
-                info = zipfile.ZipInfo(f"{name}/{f.relative_to(bundle).as_posix()}", date_time=_EPOCH)
-                info.external_attr = 0o644 << 16
-                info.compress_type = zipfile.ZIP_STORED if f.name.endswith(_STORED) else zipfile.ZIP_DEFLATED
-                with open(f, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
-                    for chunk in iter(lambda: src.read(1 << 20), b""):
-                        dst.write(chunk)
-        digest = file_hash(tmp, hash_type)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600; a published zip should be readable like any new file
-        os.replace(tmp, zip_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(zip_path) as fh, zipfile.ZipFile(fh, "w") as zf:
+        for f in files:
+            info = zipfile.ZipInfo(f"{name}/{f.relative_to(bundle).as_posix()}", date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_STORED if f.name.endswith(_STORED) else zipfile.ZIP_DEFLATED
+            with open(f, "rb") as src, zf.open(info, "w", force_zip64=True) as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+    digest = file_hash(zip_path, hash_type)
     atomic_write_text(hash_path, f"{digest}  {zip_path.name}\n")
     return PackageResult(zip_path=zip_path, hash_path=hash_path, hash_type=hash_type, hash_val=digest, name=name,
                          version=version, files=[f.relative_to(bundle).as_posix() for f in files], skipped=skipped)

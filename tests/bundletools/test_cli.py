@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from monai_lessmore.cli.main import main
-from tests.hub.conftest import BUNDLE_NAME, copy_bundle
+from tests.bundletools.conftest import BUNDLE_NAME, copy_bundle
 
 
 def test_import_package_fetch(authors_ckpt, encoder_state, tmp_path, capsys):

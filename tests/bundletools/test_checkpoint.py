@@ -7,8 +7,8 @@ import argparse
 import pytest
 import torch
 
-from monai_lessmore.hub.checkpoint import CheckpointError, UntrustedCheckpointError, read_checkpoint
-from tests.hub.conftest import fake_modules
+from monai_lessmore.bundletools.checkpoint import CheckpointError, UntrustedCheckpointError, read_checkpoint
+from tests.bundletools.conftest import fake_modules
 
 
 def test_plain_state_dict(tmp_path):

@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 
-from monai_lessmore.hub.checkpoint import UntrustedCheckpointError
-from monai_lessmore.hub.convert import (
+from monai_lessmore.bundletools.checkpoint import UntrustedCheckpointError
+from monai_lessmore.bundletools.convert import (
     BundleExistsError,
     ConversionError,
     extract_encoder,
     import_checkpoint,
 )
-from monai_lessmore.hub.package import file_hash
+from monai_lessmore.bundletools.package import file_hash
 from monai_lessmore.utils.torchvision_compat import import_torchvision
-from tests.hub.conftest import BUNDLE, copy_bundle, swav_head
+from tests.bundletools.conftest import BUNDLE, copy_bundle, swav_head
 
 
 def _assert_equal_encoder(state, encoder):

@@ -18,10 +18,10 @@ import torch
 import monai.bundle
 import monai.bundle.scripts
 from monai.bundle import ConfigParser
-from monai_lessmore.hub.fetch import BundleDownloadError, fetch_bundle
-from monai_lessmore.hub.package import package_bundle
+from monai_lessmore.bundletools.fetch import BundleDownloadError, fetch_bundle
+from monai_lessmore.bundletools.package import package_bundle
 from tests.conftest import REPO_ROOT
-from tests.hub.conftest import BUNDLE, BUNDLE_NAME, copy_bundle
+from tests.bundletools.conftest import BUNDLE, BUNDLE_NAME, copy_bundle
 
 
 @pytest.fixture(scope="module")

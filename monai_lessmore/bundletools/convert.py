@@ -25,7 +25,6 @@ query encoder is there. Anything else is an error that lists what the file holds
 from __future__ import annotations
 
 import datetime
-import hashlib
 import io
 import logging
 import re
@@ -38,8 +37,8 @@ from typing import Any
 
 import torch
 
-from monai_lessmore.hub.checkpoint import read_checkpoint
-from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json
+from monai_lessmore.bundletools.checkpoint import read_checkpoint
+from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json, file_hash
 
 __all__ = [
     "ConversionError",
@@ -53,8 +52,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the bundle copied around a converted model.pt when the target folder is not a bundle yet
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "bundles" / "lessmore_hash6_resnet50"
+#: the shipped bundle (:func:`monai_lessmore.resources.bundle_template`) copied around a converted model.pt when the
+#: target folder is not a bundle yet
+DEFAULT_TEMPLATE = "lessmore_hash6_resnet50"
 _CONTAINERS = ("state_dict", "module", "model")  # Lightning/ignite, SparK, this package's training checkpoints
 _MOMENTUM = re.compile(r"encoder_k|momentum|target|teacher|(^|\.)ema\.|key_encoder")
 _SKIP_TEMPLATE = {"eval", "__pycache__", ".ipynb_checkpoints"}
@@ -199,7 +199,7 @@ def extract_encoder(
     """The ResNet50 encoder of a loaded checkpoint as a plain state dict with torchvision key names.
 
     Args:
-        obj: what :func:`~monai_lessmore.hub.checkpoint.read_checkpoint` returned.
+        obj: what :func:`~monai_lessmore.bundletools.checkpoint.read_checkpoint` returned.
         source: the file name, for messages.
         prefix: the key prefix of the encoder; by default the unique prefix under which every ResNet50 encoder key
             exists (a momentum/key encoder is passed over when the query encoder is also there).
@@ -258,14 +258,6 @@ def extract_encoder(
     return state, report
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _copy_template(template: Path, bundle: Path) -> list[str]:
     copied = []
     for src in sorted(template.rglob("*")):
@@ -278,6 +270,15 @@ def _copy_template(template: Path, bundle: Path) -> list[str]:
             shutil.copy2(src, dest)
             copied.append(str(rel))
     return copied
+
+
+def _template_folder(template: str | Path) -> Path:
+    """A bundle folder, or the folder of the shipped bundle of that name."""
+    from monai_lessmore.resources import bundle_template
+
+    if isinstance(template, str) and not Path(template).exists() and "/" not in template:
+        return bundle_template(template)
+    return Path(template)
 
 
 def import_checkpoint(
@@ -299,10 +300,12 @@ def import_checkpoint(
     Args:
         source: an authors' Lightning ``.ckpt``, a MoCo/SparK checkpoint, or this package's pre-training export.
         bundle_dir: the bundle folder to write into.
-        trust_pickle: allow full unpickling of ``source`` (see :func:`~monai_lessmore.hub.checkpoint.read_checkpoint`).
+        trust_pickle: allow full unpickling of ``source`` (see :func:`~monai_lessmore.bundletools.checkpoint.read_checkpoint`).
         force: replace an existing ``models/model.pt``.
         prefix: the encoder's key prefix (default: detected).
-        template: bundle copied around the weights when ``bundle_dir`` is not a bundle; ``None`` copies nothing.
+        template: bundle copied around the weights when ``bundle_dir`` is not a bundle: a bundle folder, or the
+            name of a bundle that ships with the package (:func:`monai_lessmore.resources.bundle_template`);
+            ``None`` copies nothing.
 
     Returns:
         The :class:`ConversionReport`.
@@ -311,6 +314,7 @@ def import_checkpoint(
         BundleExistsError: ``models/model.pt`` exists and ``force`` is False.
         CheckpointError, UntrustedCheckpointError: ``source`` cannot be read (safely).
         ConversionError: ``source`` holds no ResNet50 encoder.
+        FileNotFoundError: ``template`` names neither a folder nor a shipped bundle.
     """
     source, bundle = Path(source), Path(bundle_dir)
     model_path = bundle / "models" / "model.pt"
@@ -324,7 +328,7 @@ def import_checkpoint(
     state, report = extract_encoder(read_checkpoint(source, trust_pickle=trust_pickle), source=str(source), prefix=prefix)
     copied: list[str] = []
     if not (bundle / "configs" / "metadata.json").is_file() and template is not None:
-        template = Path(template)
+        template = _template_folder(template)
         if (template / "configs" / "metadata.json").is_file():
             copied = _copy_template(template, bundle)
             logger.warning(
@@ -341,7 +345,7 @@ def import_checkpoint(
         {
             **asdict(report),
             "source": source.name,  # not the local path: the bundle may be published
-            "source_sha256": _sha256(source),
+            "source_sha256": file_hash(source),
             "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch_version": torch.__version__,
             "template_files_copied": copied,

@@ -9,13 +9,16 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_hub_parsers", "run_import_checkpoint", "run_package_bundle", "run_fetch_bundle", "HUB_COMMANDS"]
+from monai_lessmore.cli.args import positive_seconds
 
-HUB_COMMANDS = ("import-checkpoint", "package-bundle", "fetch-bundle")
-_HASH_TYPES = ("md5", "sha1", "sha256", "sha512")  # monai.apps.utils.check_hash; kept here to avoid importing torch
+__all__ = ["add_bundle_parsers", "run_import_checkpoint", "run_package_bundle", "run_fetch_bundle", "BUNDLE_COMMANDS"]
+
+BUNDLE_COMMANDS = ("import-checkpoint", "package-bundle", "fetch-bundle")
+#: fetch-bundle's connect/read timeout, in seconds (the parser stays light: the download code is imported on use)
+DEFAULT_TIMEOUT = 30.0
 
 
-def add_hub_parsers(sub: argparse._SubParsersAction) -> None:
+def add_bundle_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the three sub-commands to the ``lessmore`` parser."""
     i = sub.add_parser(
         "import-checkpoint",
@@ -32,7 +35,7 @@ def add_hub_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", metavar="DIR", help="the bundle folder (configs/metadata.json, models/model.pt)")
     p.add_argument("--output", "-o", default=None, metavar="ZIP", help="zip path (default: DIR/../<name>_v<version>.zip, the GitHub-release name)")
     p.add_argument("--name", default=None, help="top-level folder name in the zip (default: DIR's name)")
-    p.add_argument("--hash-type", choices=_HASH_TYPES, default="sha256", help="hash written to ZIP.<hash-type> (default sha256)")
+    p.add_argument("--hash-type", default="sha256", help="hash written to ZIP.<hash-type>: one of MONAI's check_hash types (md5, sha1, sha256, sha512; default sha256)")
     p.add_argument("--force", action="store_true", help="replace an existing zip")
     p.add_argument("--allow-missing-weights", action="store_true", help="package a bundle without models/model.pt")
 
@@ -42,6 +45,8 @@ def add_hub_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--sha256", required=True, metavar="HEX", help="expected SHA-256 of the zip (the .sha256 file written by package-bundle)")
     f.add_argument("--bundle-dir", default=".", metavar="DIR", help="folder receiving <name>/ (default: current folder)")
     f.add_argument("--force", action="store_true", help="replace an existing <bundle-dir>/<name>")
+    f.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS", help=f"seconds to wait for the connection and for each read before giving up (default {DEFAULT_TIMEOUT:g})")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar (shown for bundles of 1 MiB or more)")
 
 
 def _error(command: str, exc: BaseException) -> int:
@@ -51,8 +56,8 @@ def _error(command: str, exc: BaseException) -> int:
 
 def run_import_checkpoint(ns: argparse.Namespace) -> int:
     """``lessmore import-checkpoint``."""
-    from monai_lessmore.hub.checkpoint import CheckpointError
-    from monai_lessmore.hub.convert import DEFAULT_TEMPLATE, BundleExistsError, ConversionError, import_checkpoint
+    from monai_lessmore.bundletools.checkpoint import CheckpointError
+    from monai_lessmore.bundletools.convert import DEFAULT_TEMPLATE, BundleExistsError, ConversionError, import_checkpoint
 
     try:
         report = import_checkpoint(
@@ -69,7 +74,7 @@ def run_import_checkpoint(ns: argparse.Namespace) -> int:
 
 def run_package_bundle(ns: argparse.Namespace) -> int:
     """``lessmore package-bundle``."""
-    from monai_lessmore.hub.package import package_bundle
+    from monai_lessmore.bundletools.package import package_bundle
 
     try:
         res = package_bundle(ns.directory, ns.output, name=ns.name, hash_type=ns.hash_type, force=ns.force,
@@ -85,10 +90,11 @@ def run_package_bundle(ns: argparse.Namespace) -> int:
 
 def run_fetch_bundle(ns: argparse.Namespace) -> int:
     """``lessmore fetch-bundle``."""
-    from monai_lessmore.hub.fetch import BundleDownloadError, fetch_bundle
+    from monai_lessmore.bundletools.fetch import BundleDownloadError, fetch_bundle
 
     try:
-        target = fetch_bundle(ns.url, name=ns.name, bundle_dir=ns.bundle_dir, hash_val=ns.sha256, force=ns.force)
+        target = fetch_bundle(ns.url, name=ns.name, bundle_dir=ns.bundle_dir, hash_val=ns.sha256, force=ns.force,
+                              progress=not ns.no_progress, timeout=ns.timeout)
     except (BundleDownloadError, FileExistsError, ValueError) as exc:
         return _error("fetch-bundle", exc)
     print(f"verified sha256 and extracted {target}")

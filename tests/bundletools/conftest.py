@@ -1,6 +1,6 @@
 """Synthetic checkpoints with the real layouts of the authors' and other pre-training codes (no download, ever).
 
-The layouts are facts from the public code (see :mod:`monai_lessmore.hub.convert`): the authors' SwAV Lightning
+The layouts are facts from the public code (see :mod:`monai_lessmore.bundletools.convert`): the authors' SwAV Lightning
 module keeps its network as ``self.model`` (pl_bolts-style ``swav_resnet``: ResNet50 + ``projection_head``
 Linear-BN1d-ReLU-Linear 2048->2048->128 + ``prototypes`` Linear(128, 500, bias=False)), saved by Lightning as
 ``{"epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks", "optimizer_states",
@@ -137,7 +137,7 @@ def copy_bundle(dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def converted_bundle(tmp_path_factory, authors_ckpt) -> Path:
     """A copy of the bundle whose models/model.pt was converted from :func:`authors_ckpt`."""
-    from monai_lessmore.hub.convert import import_checkpoint
+    from monai_lessmore.bundletools.convert import import_checkpoint
 
     bundle = copy_bundle(tmp_path_factory.mktemp("bundle"))
     import_checkpoint(authors_ckpt, bundle)

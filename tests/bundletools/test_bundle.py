@@ -12,7 +12,7 @@ import monai.apps.utils
 import monai.bundle.scripts
 from monai.bundle import run, verify_metadata, verify_net_in_out
 from tests.conftest import REPO_ROOT
-from tests.hub.conftest import BUNDLE
+from tests.bundletools.conftest import BUNDLE
 
 CONFIGS = BUNDLE / "configs"
 SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20220324.json"
@@ -102,17 +102,16 @@ def test_class_probabilities_with_a_head(converted_bundle, slice_files, tmp_path
 
 
 def test_missing_weights_and_bad_head_are_reported(converted_bundle, tmp_path):
-    from monai_lessmore.classification.network import EncoderLoadError
-    from monai_lessmore.hub.network import ResNet50Features, head_classes, load_pretrained
+    from monai_lessmore.networks import EncoderLoadError, ResNet50, head_classes, load_pretrained
 
     with pytest.raises(EncoderLoadError, match=r"is a folder but not a bundle with models/model\.pt"):
-        load_pretrained(ResNet50Features(), BUNDLE.parent)
+        load_pretrained(ResNet50(num_classes=0), BUNDLE.parent)
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pt")
-    with pytest.raises(EncoderLoadError, match=r"lacks 317 of the 318 ResNet50 encoder keys.*import-checkpoint"):
-        load_pretrained(ResNet50Features(), tmp_path / "partial.pt")
+    with pytest.raises(EncoderLoadError, match=r"317 of the 318 encoder keys are missing.*import-checkpoint"):
+        load_pretrained(ResNet50(num_classes=0), tmp_path / "partial.pt")
     with pytest.raises(EncoderLoadError, match="has no fc.weight/fc.bias"):
         head_classes(converted_bundle / "models" / "model.pt")
     with pytest.raises(EncoderLoadError, match="2-class head but .* has no fc.weight/fc.bias: pass head_file"):
-        load_pretrained(ResNet50Features(num_classes=2), converted_bundle / "models" / "model.pt")
+        load_pretrained(ResNet50(num_classes=2), converted_bundle / "models" / "model.pt")
     with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
-        ResNet50Features(num_classes=-1)
+        ResNet50(num_classes=-1)
