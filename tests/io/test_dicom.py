@@ -137,6 +137,23 @@ def test_gap_in_slice_positions_is_reported(tmp_path, rng):
         assert load_volume(tmp_path / "even").meta["position_gaps"] == []
 
 
+def test_spacing_that_changes_along_the_series_is_not_a_gap(tmp_path, rng):
+    """12 slices 2.5 mm apart, then 6 slices 5 mm apart (a reconstruction with two zones): no gap; a slice missing
+    from the 5 mm zone is one gap, found against that zone's step (not the series' median, 2.5 mm)."""
+    z = [2.5 * k for k in range(12)] + [27.5 + 5.0 * k for k in range(6)]
+    stack = random_volume(rng, (len(z), 4, 4))
+    (tmp_path / "zones").mkdir()
+    for k, zk in enumerate(z):
+        write_dicom(tmp_path / "zones" / f"s{k:02d}.dcm", stack[k], position=(0, 0, zk), instance=k + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_volume(tmp_path / "zones").meta["position_gaps"] == []
+    (tmp_path / "zones" / "s15.dcm").unlink()  # z = 42.5 in the 5 mm zone
+    with pytest.warns(UserWarning, match=r"about 1 slice\(s\) missing: .*jump 10 mm between s14\.dcm and s16\.dcm "
+                      r"where the series steps 5 mm"):
+        assert load_volume(tmp_path / "zones").meta["position_gaps"] == [[14, 10.0, 1]]
+
+
 def test_repeated_position_is_counted_not_a_gap(tmp_path, rng):
     stack = random_volume(rng, (4, 4, 4))
     write_series(tmp_path, stack[:3])
