@@ -130,11 +130,14 @@ def volume_pairs(
     key = va * n_vol + vb
     keys, n_pairs = _unique_counts(key)
 
+    pair = np.searchsorted(keys, key)  # dense index of the volume pair: pair * n + slice stays far below 2**63
+    # (key * n would not: n_vol**2 * n passes it from about 2.1 million volumes and slices)
+
     def matched(side: np.ndarray) -> np.ndarray:
-        u = _unique_counts(key * n + side)[0] // n  # distinct (volume pair, slice) -> its volume pair
+        u = _unique_counts(pair * n + side)[0] // n  # distinct (volume pair, slice) -> its volume pair
         k, c = _unique_counts(u)
         out = np.zeros(len(keys), dtype=np.int64)
-        out[np.searchsorted(keys, k)] = c
+        out[k] = c
         return out
 
     ka, kb = keys // n_vol, keys % n_vol
