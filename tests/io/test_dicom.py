@@ -388,6 +388,30 @@ def test_compressed_series_read_bit_identical(compressed_series, monkeypatch, ki
     np.testing.assert_array_equal(read_slice(compressed_series[kind], 1), expected.array[1])
 
 
+@pytest.mark.slow  # the first use of ITK's GDCM module in a process loads it: seconds
+@pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+@pytest.mark.parametrize("pixel_dtype,slope,intercept", [(np.int16, 2.5, -100.0), (np.uint16, 1.0, -1024.0),
+                                                       (np.uint16, None, None)])
+def test_gdcm_path_applies_the_rescale_once(tmp_path, rng, monkeypatch, pixel_dtype, slope, intercept):
+    """Synthetic JPEG-lossless series (no shared data needed) read through GDCM as on a plain install: signed and
+    unsigned storage, a slope other than 1, no rescale tags; HU equal to the uncompressed series in every voxel."""
+    monkeypatch.setattr(dicom, "_decoder_available", lambda uid: False)
+    low = -1024 if pixel_dtype == np.int16 else 0
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "jpeg").mkdir()
+    for s in range(2):
+        pixels = rng.integers(low, low + 3000, size=(8, 8)).astype(pixel_dtype)
+        plain = write_dicom(tmp_path / "plain" / f"s{s}.dcm", pixels, position=(0, 0, 2.0 * s), instance=s + 1,
+                            slope=slope, intercept=intercept)
+        write_compressed_copy(plain, tmp_path / "jpeg" / f"s{s}.dcm", "jpeg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-rescale case warns (tested elsewhere)
+        expected = load_volume(tmp_path / "plain").array
+        vol = load_volume(tmp_path / "jpeg")
+    assert vol.meta["transfer_syntax"] == JPEGLosslessSV1
+    np.testing.assert_array_equal(vol.array, expected)
+
+
 def test_cli_order_instance_reduces_in_instance_order(tmp_path, rng, capsys):
     """``lessmore reduce --order instance``: the manifest lists the series' slices by InstanceNumber."""
     import csv
