@@ -156,6 +156,10 @@ class SliceReductionFilter:
         self.slice_store_dir = None if slice_store_dir is None else os.fspath(slice_store_dir)
         if duplicates is not None and not isinstance(duplicates, (str, os.PathLike, dict)):
             raise ValueError(f"duplicates must be a duplicates.csv path or a dict of options, got {duplicates!r}")
+        if isinstance(duplicates, dict):  # bad options fail here, not after reducing the whole datalist
+            from monai_lessmore.duplicates.select import check_duplicate_options
+
+            check_duplicate_options(duplicates)
         self.duplicates = duplicates
         self.failures: list[dict[str, str]] = []
         self.records: list[dict[str, Any]] = []

@@ -183,6 +183,7 @@ def run_duplicates(
         "n_volumes": len(vs.names),
         "n_slices": int(vs.n_slices.sum()),
         "n_slice_pairs": found["n_slice_pairs"],
+        "n_blank_slices": found["n_blank_slices"],
         "n_duplicate_pairs": len(found["rows"]),
         "groups": found["groups"],
         "n_dropped_volumes": len(dropped),
@@ -207,7 +208,9 @@ def print_summary(summary: dict[str, Any], run_dir: str | os.PathLike, out: Any 
     out = sys.stdout if out is None else out
     p, s = summary["params"], summary["search"]
     keys = ", ".join(f"{v} by {k}" for k, v in summary["scope_keys"].items() if v)
-    print(f"{summary['n_volumes']} volumes, {summary['n_slices']} slices; scope {p['scope']} ({keys})", file=out)
+    blank = summary.get("n_blank_slices", 0)
+    blank = f" ({blank} blank, hash 0: not compared)" if blank else ""
+    print(f"{summary['n_volumes']} volumes, {summary['n_slices']} slices{blank}; scope {p['scope']} ({keys})", file=out)
     print(f"{summary['n_slice_pairs']} slice pairs within Hamming {p['threshold']} across volumes "
           f"({s.get('plan', '')}; {s.get('checked', 0)} candidates, {s['seconds']:.2f} s)", file=out)
     rows = summary["rows"]

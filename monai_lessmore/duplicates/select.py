@@ -11,12 +11,40 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from monai_lessmore.duplicates.volumes import DEFAULT_MIN_FRACTION, VolumeSet, duplicate_groups, find_duplicates
 
-__all__ = ["duplicates_to_drop", "DUPLICATE_OPTIONS"]
+__all__ = ["duplicates_to_drop", "check_duplicate_options", "DUPLICATE_OPTIONS"]
 
 #: keys of the ``duplicates`` dictionary of :class:`~monai_lessmore.data.SliceReductionFilter`
 DUPLICATE_OPTIONS = ("threshold", "min_fraction", "scope", "num_threads")
+
+
+def check_duplicate_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The search options of ``duplicates={...}`` with their defaults, validated before anything is reduced.
+
+    Raises:
+        ValueError: an unknown option or a bad value, naming the option and what it accepts.
+    """
+    from monai_lessmore.duplicates.run import SCOPES
+
+    unknown = sorted(set(options) - set(DUPLICATE_OPTIONS))
+    if unknown:
+        raise ValueError(f"duplicates: unknown option(s) {unknown}; use {', '.join(DUPLICATE_OPTIONS)}")
+    out = {"threshold": 6, "min_fraction": DEFAULT_MIN_FRACTION, "scope": "dataset", "num_threads": 1, **options}
+    t = out["threshold"]
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t <= 64:
+        raise ValueError(f"duplicates['threshold'] must be an integer Hamming distance 0..64, got {t!r}")
+    f = out["min_fraction"]
+    if isinstance(f, bool) or not isinstance(f, (int, float, np.number)) or not 0.0 < f <= 1.0:
+        raise ValueError(f"duplicates['min_fraction'] must be a number in (0, 1], got {f!r}")
+    if out["scope"] not in SCOPES:
+        raise ValueError(f"duplicates['scope'] must be one of {', '.join(SCOPES)}, got {out['scope']!r}")
+    n = out["num_threads"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"duplicates['num_threads'] must be a positive integer or None, got {n!r}")
+    return out
 
 
 def _norm(path: Any) -> str:
@@ -35,7 +63,7 @@ def duplicates_to_drop(records: Sequence[dict[str, Any]], duplicates: Any) -> tu
             ``num_threads``) to find the duplicates among the records themselves; ``{}`` = the defaults.
 
     Raises:
-        ValueError: an unknown option, or a csv file that does not exist or lacks the duplicates columns.
+        ValueError: an unknown option or bad value (:func:`check_duplicate_options`), or a csv file that does not exist or lacks the duplicates columns.
     """
     from monai_lessmore.cli.reduce import _unique_names
     from monai_lessmore.duplicates.run import scope_keys
@@ -45,18 +73,15 @@ def duplicates_to_drop(records: Sequence[dict[str, Any]], duplicates: Any) -> tu
     by_name = dict(zip(names, sources))
     n_slices = {n: int(r["n_slices"]) for n, r in zip(names, records)}
     if isinstance(duplicates, dict):
-        unknown = sorted(set(duplicates) - set(DUPLICATE_OPTIONS))
-        if unknown:
-            raise ValueError(f"duplicates: unknown option(s) {unknown}; use {', '.join(DUPLICATE_OPTIONS)}")
+        options = check_duplicate_options(duplicates)
         if not records:
             return set(), []
         vs = VolumeSet(names, [r["hashes"] for r in records], sources, [len(r.get("kept", ())) for r in records])
         first = [(r.get("slice_sources") or [r["source"]])[0] for r in records]
         first = [first[names.index(n)] for n in vs.names]
-        groups_ids, _ = scope_keys(vs, first, duplicates.get("scope", "dataset"))
-        found = find_duplicates(vs, threshold=int(duplicates.get("threshold", 6)),
-                                min_fraction=float(duplicates.get("min_fraction", DEFAULT_MIN_FRACTION)),
-                                groups=groups_ids, num_threads=duplicates.get("num_threads", 1))
+        groups_ids, _ = scope_keys(vs, first, options["scope"])
+        found = find_duplicates(vs, threshold=int(options["threshold"]), min_fraction=float(options["min_fraction"]),
+                                groups=groups_ids, num_threads=options["num_threads"])
         groups = found["groups"]
     elif isinstance(duplicates, (str, os.PathLike)):
         path = Path(duplicates)

@@ -2,7 +2,9 @@
 
 Two volumes *duplicate* each other when, for at least one of them, a fraction ``min_fraction`` of its slices has a
 slice of the other within the Hamming threshold (a crop or a thick reconstruction of a scan is then found in the
-full or thin one). Duplicate pairs are joined into groups (connected components: a group can hold volumes that are
+full or thin one). A slice whose hash is 0 -- a uniform image, such as the padding slices of a volume
+padded to a fixed size -- carries no content to compare: it takes no part, neither in the search nor in the
+fractions (otherwise any two padded volumes would match on their padding). Duplicate pairs are joined into groups (connected components: a group can hold volumes that are
 each duplicates of a third one only). Of each group one volume is kept: the one with the most slices (the most
 complete reconstruction), ties broken by the smallest volume name -- the same choice for the same data on every run
 and in :class:`monai_lessmore.data.SliceReductionFilter`.
@@ -110,7 +112,7 @@ def volume_pairs(
     """Rows of ``duplicates.csv`` from slice pairs ``(i, j)`` (flat indices into ``vs``) within the threshold.
 
     Per pair of volumes: ``fraction_a`` / ``fraction_b`` are the fractions of the slices of each with a match in the
-    other; ``offset`` is the ``slice_index_b - slice_index_a`` of matched pairs that aligns the volumes best (see
+    other, among its slices that are not blank (hash 0; pairs with a blank slice are ignored); ``offset`` is the ``slice_index_b - slice_index_a`` of matched pairs that aligns the volumes best (see
     :func:`_best_offset`); ``median_distance`` is the median Hamming distance of all slice pairs aligned by that offset over the
     overlap of the two volumes (small for a true duplicate, large when the matches are scattered coincidences);
     ``slice_pairs`` counts the matched slice pairs. Only pairs with ``max(fraction_a, fraction_b) >= min_fraction``
@@ -118,10 +120,14 @@ def volume_pairs(
     """
     if not 0.0 < min_fraction <= 1.0:
         raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction!r}")
-    if len(i) == 0:
-        return []
     n_vol = len(vs.names)
     n = max(int(vs.flat.shape[0]), 1)
+    i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    content = (vs.flat[i] != 0) & (vs.flat[j] != 0)  # a blank slice (hash 0) matches nothing
+    i, j = i[content], j[content]
+    if len(i) == 0:
+        return []
+    n_content = np.bincount(vs.volume[vs.flat != 0], minlength=n_vol)
     va = vs.volume[i].astype(np.int64)
     vb = vs.volume[j].astype(np.int64)
     swap = va > vb  # i < j in the flat order already gives va < vb; kept general for any input
@@ -130,16 +136,19 @@ def volume_pairs(
     key = va * n_vol + vb
     keys, n_pairs = _unique_counts(key)
 
+    pair = np.searchsorted(keys, key)  # dense index of the volume pair: pair * n + slice stays far below 2**63
+    # (key * n would not: n_vol**2 * n passes it from about 2.1 million volumes and slices)
+
     def matched(side: np.ndarray) -> np.ndarray:
-        u = _unique_counts(key * n + side)[0] // n  # distinct (volume pair, slice) -> its volume pair
+        u = _unique_counts(pair * n + side)[0] // n  # distinct (volume pair, slice) -> its volume pair
         k, c = _unique_counts(u)
         out = np.zeros(len(keys), dtype=np.int64)
-        out[np.searchsorted(keys, k)] = c
+        out[k] = c
         return out
 
     ka, kb = keys // n_vol, keys % n_vol
-    fa = matched(i) / vs.n_slices[ka]
-    fb = matched(j) / vs.n_slices[kb]
+    fa = matched(i) / n_content[ka]
+    fb = matched(j) / n_content[kb]
     dup = np.flatnonzero(np.maximum(fa, fb) >= min_fraction)
     if not dup.size:
         return []
@@ -225,7 +234,8 @@ def find_duplicates(
         executor: runs the search pieces elsewhere (see :func:`monai_lessmore.duplicates.search.near_pairs`).
 
     Returns:
-        ``{"rows": duplicates.csv rows, "groups": duplicate_groups(...), "n_slice_pairs": int, "search": stats}``
+        ``{"rows": duplicates.csv rows, "groups": duplicate_groups(...), "n_slice_pairs": int, "n_blank_slices": int,
+        "search": stats}``
         (``stats``: see :func:`~monai_lessmore.duplicates.search.near_pairs`, plus the search's ``seconds``).
     """
     slice_groups = None
@@ -236,8 +246,11 @@ def find_duplicates(
         slice_groups = g.astype(np.int32)[vs.volume]
     stats: dict[str, Any] = {}
     t0 = time.perf_counter()
-    i, j, dist = near_pairs(vs.flat, threshold, volumes=vs.volume, groups=slice_groups, num_threads=num_threads,
+    content = np.flatnonzero(vs.flat != 0)  # blank slices (hash 0) are left out: see the module docstring
+    i, j, dist = near_pairs(vs.flat[content], threshold, volumes=vs.volume[content],
+                            groups=None if slice_groups is None else slice_groups[content], num_threads=num_threads,
                             stats=stats, executor=executor)
+    i, j = content[i].astype(np.int32), content[j].astype(np.int32)  # back to indices into vs.flat (order kept)
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     rows = volume_pairs(vs, i, j, dist, min_fraction=min_fraction)
     n_slices = dict(zip(vs.names, vs.n_slices.tolist()))
@@ -245,5 +258,6 @@ def find_duplicates(
         "rows": rows,
         "groups": duplicate_groups(((r["volume_a"], r["volume_b"]) for r in rows), n_slices),
         "n_slice_pairs": int(len(i)),
+        "n_blank_slices": int(vs.flat.shape[0] - content.shape[0]),
         "search": stats,
     }

@@ -24,7 +24,8 @@ Convention:
   ``order="instance"`` sorts by InstanceNumber instead (ties by file name), the order the paper's authors iterated
   their released data in; in many series it runs superior -> inferior, so the leader algorithm starts at the other
   end. Every file then needs an InstanceNumber.
-* A gap in the slice positions (a step over 1.5 times the series' median step: a missing file) is reported in a
+* A gap in the slice positions (a step over 1.5 times the median of the three steps on either side: a missing
+  file; a series whose spacing changes from one region to the next has no gap there) is reported in a
   warning and in ``meta["position_gaps"]``; the volume is still read.
 * One series per folder: several SeriesInstanceUIDs, mixed slice shapes, multi-frame files and pixel data that no
   installed decoder can handle are errors (:class:`VolumeReadError`) that say how to fix them.
@@ -80,8 +81,10 @@ _DECODE_HINT = (
     "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or python-gdcm) or convert "
     "the series to NIfTI with dcm2niix"
 )
-#: a step between neighbouring positions this many times the median step counts as a gap (missing slices)
+#: a step between neighbouring positions this many times the local step counts as a gap (missing slices)
 _GAP_FACTOR = 1.5
+#: steps on either side of a step whose median is its local step
+_GAP_WINDOW = 3
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -233,21 +236,27 @@ def _sort(headers: list[_Header], order: str) -> tuple[list[int], str]:
 
 
 def _gaps(sorted_keys: list[float]) -> tuple[list[tuple[int, float, int]], float]:
-    """Steps between ascending positions over ``_GAP_FACTOR`` times the median step, and the median step.
+    """Steps between ascending positions over ``_GAP_FACTOR`` times the local step, and the first gap's local step.
 
-    Each gap is ``(k, step mm, slices missing)``: the step from slice ``k`` to ``k + 1`` in position order.
+    The local step of a step is the median of the :data:`_GAP_WINDOW` steps on either side of it (not itself), so
+    a series whose spacing changes along its length (e.g. 2.5 mm through one region, 5 mm through the next) has no
+    gap at the change, and a missing slice is found in either region. Each gap is ``(k, step mm, slices
+    missing)``: the step from slice ``k`` to ``k + 1`` in position order.
     """
     steps = np.diff(np.asarray(sorted_keys, dtype=np.float64))
-    moving = steps[steps > 1e-3]  # repeated positions are counted elsewhere (duplicate_positions)
+    where = np.flatnonzero(steps > 1e-3)  # repeated positions are counted elsewhere (duplicate_positions)
+    moving = steps[where]
     if len(moving) < 2:
         return [], float("nan")
-    median = float(np.median(moving))
-    gaps = [
-        (int(k), float(step), max(1, int(round(step / median)) - 1))
-        for k, step in enumerate(steps)
-        if step > _GAP_FACTOR * median
-    ]
-    return gaps, median
+    gaps = []
+    first_local = float("nan")
+    for t, k in enumerate(where):
+        local = float(np.median(np.concatenate([moving[max(0, t - _GAP_WINDOW):t], moving[t + 1:t + 1 + _GAP_WINDOW]])))
+        if moving[t] > _GAP_FACTOR * local:
+            if not gaps:
+                first_local = local
+            gaps.append((int(k), float(moving[t]), max(1, int(round(moving[t] / local)) - 1)))
+    return gaps, first_local
 
 
 def _series_warnings(

@@ -62,4 +62,19 @@ def test_filter_bad_duplicates_argument(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         flt([])
     with pytest.raises(ValueError, match="unknown option"):
-        SliceReductionFilter(method="hash", threshold=6, duplicates={"treshold": 3})([])
+        SliceReductionFilter(method="hash", threshold=6, duplicates={"treshold": 3})
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"threshold": 6.5}, r"duplicates\['threshold'\] must be an integer Hamming distance 0..64, got 6.5"),
+    ({"threshold": "6"}, r"duplicates\['threshold'\]"), ({"threshold": 65}, r"duplicates\['threshold'\]"),
+    ({"min_fraction": 0}, r"duplicates\['min_fraction'\] must be a number in \(0, 1\]"),
+    ({"min_fraction": "half"}, r"duplicates\['min_fraction'\]"),
+    ({"scope": "series"}, r"duplicates\['scope'\] must be one of dataset, study, patient"),
+    ({"num_threads": 0}, r"duplicates\['num_threads'\]"),
+])
+def test_filter_bad_duplicate_options_fail_at_construction(options, match):
+    """A bad option value is an error naming it when the filter is made, not a truncated value (6.5 -> 6) or a bare
+    ``int()`` error after the whole datalist has been reduced."""
+    with pytest.raises(ValueError, match=match):
+        SliceReductionFilter(method="hash", threshold=6, duplicates=options)

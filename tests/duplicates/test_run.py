@@ -11,7 +11,8 @@ import pytest
 
 from monai_lessmore.cli.main import main
 from monai_lessmore.duplicates.run import DuplicatesError, load_run, run_duplicates, scope_keys
-from monai_lessmore.duplicates.volumes import DUPLICATE_COLUMNS, VolumeSet, duplicate_groups, find_duplicates
+from monai_lessmore.duplicates.search import brute_force_pairs
+from monai_lessmore.duplicates.volumes import DUPLICATE_COLUMNS, VolumeSet, duplicate_groups, find_duplicates, volume_pairs
 
 from .conftest import flip, write_run
 
@@ -191,3 +192,43 @@ def test_incomplete_run_is_said(planted_run, capsys):
     assert main(["duplicates", str(run)]) == 0
     assert "warning: the reduce run is incomplete (1 volumes pending)" in capsys.readouterr().out
     assert json.loads((run / "duplicates.json").read_text())["warnings"]
+
+
+def test_volume_pairs_of_millions_of_volumes_do_not_overflow():
+    """3 million one-slice volumes (e.g. a 2-D set): ``volume pair * slices`` would pass 2**63; every pair is kept.
+
+    The set is built without its per-volume arrays (only what :func:`volume_pairs` reads), so the test stays fast.
+    """
+    class Names:
+        def __len__(self):
+            return n
+
+        def __getitem__(self, k):
+            return f"v{k:07d}"
+
+    n = 3_000_000
+    vs = object.__new__(VolumeSet)
+    vs.names, vs.sources = Names(), [""] * n
+    vs.flat = np.ones(n, np.uint64)  # equal hashes with content (0 would be a blank slice)
+    vs.hashes = vs.flat.reshape(-1, 1)
+    vs.n_slices, vs.volume, vs.slice_index = np.ones(n, np.int64), np.arange(n, dtype=np.int32), np.zeros(n, np.int32)
+    i, j = np.array([n - 4, n - 4, n - 3], np.int32), np.array([n - 3, n - 1, n - 1], np.int32)
+    rows = volume_pairs(vs, i, j, np.zeros(3, np.uint8))
+    assert [(r["volume_a"], r["volume_b"], r["fraction_a"], r["fraction_b"]) for r in rows] == [
+        ("v2999996", "v2999997", 1.0, 1.0), ("v2999996", "v2999999", 1.0, 1.0), ("v2999997", "v2999999", 1.0, 1.0)]
+
+
+def test_blank_slices_do_not_make_volumes_duplicates():
+    """Volumes padded with uniform slices (hash 0): two patients do not pair on their padding; a real duplicate
+    still pairs, its fractions counted over the slices with content."""
+    rng = np.random.default_rng(8)
+    a, b = rng.integers(1, 2**63, size=(2, 20), dtype=np.uint64)
+    pad = np.zeros(30, dtype=np.uint64)
+    vs = VolumeSet(["a", "a_copy", "b"], [np.concatenate([pad, a]), np.concatenate([a, pad[:10]]),
+                                          np.concatenate([b, pad])])
+    found = find_duplicates(vs, threshold=6)
+    assert [(r["volume_a"], r["volume_b"], r["fraction_a"], r["fraction_b"]) for r in found["rows"]] == [
+        ("a", "a_copy", 1.0, 1.0)]
+    assert found["n_blank_slices"] == 70 and found["n_slice_pairs"] == 20
+    i, j, d = brute_force_pairs(vs.flat, 6, volumes=vs.volume)  # every pair, blank ones too
+    assert volume_pairs(vs, i, j, d) == found["rows"]

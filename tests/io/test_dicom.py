@@ -137,6 +137,23 @@ def test_gap_in_slice_positions_is_reported(tmp_path, rng):
         assert load_volume(tmp_path / "even").meta["position_gaps"] == []
 
 
+def test_spacing_that_changes_along_the_series_is_not_a_gap(tmp_path, rng):
+    """12 slices 2.5 mm apart, then 6 slices 5 mm apart (a reconstruction with two zones): no gap; a slice missing
+    from the 5 mm zone is one gap, found against that zone's step (not the series' median, 2.5 mm)."""
+    z = [2.5 * k for k in range(12)] + [27.5 + 5.0 * k for k in range(6)]
+    stack = random_volume(rng, (len(z), 4, 4))
+    (tmp_path / "zones").mkdir()
+    for k, zk in enumerate(z):
+        write_dicom(tmp_path / "zones" / f"s{k:02d}.dcm", stack[k], position=(0, 0, zk), instance=k + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_volume(tmp_path / "zones").meta["position_gaps"] == []
+    (tmp_path / "zones" / "s15.dcm").unlink()  # z = 42.5 in the 5 mm zone
+    with pytest.warns(UserWarning, match=r"about 1 slice\(s\) missing: .*jump 10 mm between s14\.dcm and s16\.dcm "
+                      r"where the series steps 5 mm"):
+        assert load_volume(tmp_path / "zones").meta["position_gaps"] == [[14, 10.0, 1]]
+
+
 def test_repeated_position_is_counted_not_a_gap(tmp_path, rng):
     stack = random_volume(rng, (4, 4, 4))
     write_series(tmp_path, stack[:3])
@@ -369,6 +386,30 @@ def test_compressed_series_read_bit_identical(compressed_series, monkeypatch, ki
     np.testing.assert_array_equal(vol.array, expected.array)
     assert vol.array.min() <= -1000 and vol.array.max() > 500  # HU: the rescale is applied on both paths
     np.testing.assert_array_equal(read_slice(compressed_series[kind], 1), expected.array[1])
+
+
+@pytest.mark.slow  # the first use of ITK's GDCM module in a process loads it: seconds
+@pytest.mark.filterwarnings("ignore:builtin type .* has no __module__:DeprecationWarning")
+@pytest.mark.parametrize("pixel_dtype,slope,intercept", [(np.int16, 2.5, -100.0), (np.uint16, 1.0, -1024.0),
+                                                       (np.uint16, None, None)])
+def test_gdcm_path_applies_the_rescale_once(tmp_path, rng, monkeypatch, pixel_dtype, slope, intercept):
+    """Synthetic JPEG-lossless series (no shared data needed) read through GDCM as on a plain install: signed and
+    unsigned storage, a slope other than 1, no rescale tags; HU equal to the uncompressed series in every voxel."""
+    monkeypatch.setattr(dicom, "_decoder_available", lambda uid: False)
+    low = -1024 if pixel_dtype == np.int16 else 0
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "jpeg").mkdir()
+    for s in range(2):
+        pixels = rng.integers(low, low + 3000, size=(8, 8)).astype(pixel_dtype)
+        plain = write_dicom(tmp_path / "plain" / f"s{s}.dcm", pixels, position=(0, 0, 2.0 * s), instance=s + 1,
+                            slope=slope, intercept=intercept)
+        write_compressed_copy(plain, tmp_path / "jpeg" / f"s{s}.dcm", "jpeg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-rescale case warns (tested elsewhere)
+        expected = load_volume(tmp_path / "plain").array
+        vol = load_volume(tmp_path / "jpeg")
+    assert vol.meta["transfer_syntax"] == JPEGLosslessSV1
+    np.testing.assert_array_equal(vol.array, expected)
 
 
 def test_cli_order_instance_reduces_in_instance_order(tmp_path, rng, capsys):
