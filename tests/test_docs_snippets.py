@@ -18,7 +18,6 @@ import ast
 import os
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -16,7 +16,9 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from monai_lessmore.io.dicom import is_dicom_file
+from monai_lessmore.io.image2d import IMAGE_SUFFIXES
+from monai_lessmore.io.image2d import ImageReadError as ImageLoadError
+from monai_lessmore.io.image2d import read_image_2d as read_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -27,63 +29,6 @@ __all__ = [
     "ReadClassificationImageDict",
     "read_image",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz")
-
-
-class ImageLoadError(ValueError):
-    """An image could not be read; the message names the file(s) and the reason."""
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a 2-D slice as a float32 ``(H, W)`` array.
-
-    Colour images are converted to grayscale (PIL mode "L"); DICOM values are rescaled with
-    RescaleSlope/RescaleIntercept (HU for CT); NIfTI files must hold one slice (a singleton third axis is dropped).
-
-    Args:
-        path: image file.
-
-    Raises:
-        ImageLoadError: naming the file and the reason (unreadable, not 2-D, unknown format).
-    """
-    path = Path(path)
-    suffix = _suffix(path)
-    try:
-        if suffix in (".dcm", ".dicom") or (suffix not in IMAGE_SUFFIXES and is_dicom_file(path)):
-            import pydicom
-
-            ds = pydicom.dcmread(str(path))
-            arr = ds.pixel_array.astype(np.float32)
-            arr = arr * float(getattr(ds, "RescaleSlope", 1.0)) + float(getattr(ds, "RescaleIntercept", 0.0))
-        elif suffix in (".nii", ".nii.gz"):
-            import nibabel as nib
-
-            arr = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
-        elif suffix in IMAGE_SUFFIXES:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                if img.mode not in ("L", "I", "I;16", "F"):
-                    img = img.convert("L")
-                arr = np.asarray(img, dtype=np.float32)
-        else:
-            raise ImageLoadError(f"{path}: unknown image format {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}")
-    except ImageLoadError:
-        raise
-    except Exception as e:  # any decoder failure is reported with the file name
-        raise ImageLoadError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
-    arr = np.squeeze(arr)
-    if arr.ndim != 2:
-        raise ImageLoadError(
-            f"{path}: expected one 2-D slice, got an array of shape {arr.shape}; export one slice per file"
-        )
-    return arr
 
 
 class ReadClassificationImage(Transform):

@@ -8,7 +8,6 @@ with an identity head), so its ``state_dict`` keeps torchvision's key names (``c
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from monai_lessmore.networks.resnet import ENCODER_DIM, resnet50_encoder

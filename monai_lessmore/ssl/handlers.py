@@ -19,7 +19,6 @@ in the bundle config's ``train_handlers``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -31,16 +30,14 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader
 
+from monai_lessmore.utils.distributed import is_rank0
+
 __all__ = ["ParamScheduleHandler", "LRScheduleHandler", "WeightDecayScheduleHandler", "AtomicCheckpointSaver",
            "ResumeCheckpointLoader", "StopOnNonFiniteLoss", "EpochLossHistory", "FreezePrototypes", "ClipGradNorm",
            "ProgressBar", "ExportEncoder", "every", "atomic_torch_save", "is_rank0"]
 
 logger = logging.getLogger(__name__)
 
-
-def is_rank0() -> bool:
-    """True outside ``torch.distributed`` or on rank 0."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
 
 
 def _unwrap(obj: Any) -> Any:

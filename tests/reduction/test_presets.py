@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
 
 from monai_lessmore.cli.main import main
 from monai_lessmore.data import SliceReductionFilter
