@@ -40,3 +40,15 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(monai.apps.utils, "urlretrieve", refuse)
     monkeypatch.setattr(monai.apps.utils, "urlopen", refuse, raising=False)
+    # and any other client (requests, used by MONAI's version lookups): only loopback connections go through
+    import socket
+
+    connect = socket.socket.connect
+
+    def loopback_only(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") and sock.family != socket.AF_UNIX:
+            raise AssertionError(f"tried to connect to {address}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)

@@ -3,7 +3,8 @@
 Submodules: ``checkpoint`` (reading checkpoint files without running code in them unless trusted), ``convert``
 (a SwAV/MoCo/SparK checkpoint -> a plain torchvision-key ``models/model.pt`` inside a copy of a shipped bundle
 template), ``package`` (zip with a top-level ``<name>/`` folder + hash file), ``fetch`` (download with a timeout
-and hash verification, then extract); their ``lessmore`` sub-commands are in :mod:`monai_lessmore.cli.bundle`.
+and hash verification, then extract), ``load`` (:func:`monai.bundle.load` that names the missing weights instead of
+looking the bundle up on the model zoo); their ``lessmore`` sub-commands are in :mod:`monai_lessmore.cli.bundle`.
 The bundles' network is :class:`monai_lessmore.networks.ResNet50` and their feature
 writer :class:`monai_lessmore.classification.handlers.FeatureWriter`.
 
@@ -13,4 +14,4 @@ stays light.
 
 from __future__ import annotations
 
-__all__ = ["checkpoint", "convert", "fetch", "package"]
+__all__ = ["checkpoint", "convert", "fetch", "load", "package"]

@@ -115,3 +115,21 @@ def test_missing_weights_and_bad_head_are_reported(converted_bundle, tmp_path):
         load_pretrained(ResNet50(num_classes=2), converted_bundle / "models" / "model.pt")
     with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
         ResNet50(num_classes=-1)
+
+
+
+def test_load_bundle_names_missing_weights_instead_of_downloading(no_network, converted_bundle, tmp_path):
+    """monai.bundle.load looks a bundle without models/model.pt up on the model zoo; load_bundle says what to run."""
+    from tests.bundletools.conftest import BUNDLE_NAME, copy_bundle
+
+    from monai_lessmore.bundletools.load import MissingWeightsError, load_bundle
+
+    empty = copy_bundle(tmp_path / "empty")
+    with pytest.raises(MissingWeightsError, match=r"no weights .*models/model\.pt does not exist.*lessmore import-checkpoint"):
+        load_bundle(BUNDLE_NAME, empty.parent, workflow_type="inference", device="cpu")
+    with pytest.raises(FileNotFoundError, match="not a bundle folder"):
+        load_bundle("no_such_bundle", tmp_path, device="cpu")
+    net = load_bundle(BUNDLE_NAME, converted_bundle.parent, workflow_type="inference", device="cpu")
+    reference = torch.load(converted_bundle / "models" / "model.pt", weights_only=True)
+    key = "layer4.2.conv3.weight"
+    assert torch.equal(net.state_dict()[key], reference[key])
