@@ -56,22 +56,6 @@ def test_network_in_out_with_converted_weights(converted_bundle):
                       bundle_root=str(converted_bundle))
 
 
-def _targets(node):
-    if isinstance(node, dict):
-        if "_target_" in node:
-            yield node["_target_"]
-        for v in node.values():
-            yield from _targets(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _targets(v)
-
-
-def test_configs_use_full_dotted_targets():
-    targets = list(_targets(json.loads((CONFIGS / "inference.json").read_text())))
-    assert targets and all(t.count(".") >= 2 for t in targets), targets
-
-
 def test_large_files_point_to_the_authors_petct_hash6_checkpoint(monkeypatch, tmp_path):
     """monai's download_large_files reads our large_files.yml: the authors' .ckpt goes to models/ (no download here)."""
     calls = []

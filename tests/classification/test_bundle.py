@@ -43,22 +43,6 @@ def test_network_in_out():
                       n=1, device="cpu")
 
 
-def _targets(node):
-    if isinstance(node, dict):
-        if "_target_" in node:
-            yield node["_target_"]
-        for v in node.values():
-            yield from _targets(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _targets(v)
-
-
-@pytest.mark.parametrize("name", ["train.json", "evaluate.json", "inference.json"])
-def test_configs_use_full_dotted_targets(name):
-    targets = list(_targets(json.loads((CONFIGS / name).read_text())))
-    assert targets and all(t.count(".") >= 2 for t in targets), targets
-
 
 def test_paper_defaults():
     cfg = json.loads((CONFIGS / "train.json").read_text())
