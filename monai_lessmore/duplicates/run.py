@@ -203,6 +203,10 @@ def run_duplicates(
     return summary
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def print_summary(summary: dict[str, Any], run_dir: str | os.PathLike, out: Any = None) -> None:
     """The short stdout summary of :func:`run_duplicates`."""
     out = sys.stdout if out is None else out
@@ -214,14 +218,14 @@ def print_summary(summary: dict[str, Any], run_dir: str | os.PathLike, out: Any 
     print(f"{summary['n_slice_pairs']} slice pairs within Hamming {p['threshold']} across volumes "
           f"({s.get('plan', '')}; {s.get('checked', 0)} candidates, {s['seconds']:.2f} s)", file=out)
     rows = summary["rows"]
-    print(f"{len(rows)} duplicate volume pairs (matched fraction >= {p['min_fraction']:g} of either volume)", file=out)
+    print(f"{_count(len(rows), 'duplicate volume pair')} (matched fraction >= {p['min_fraction']:g} of either volume)", file=out)
     for r in rows[:20]:
         print(f"  {r['volume_a']} ~ {r['volume_b']}: matched {100 * r['fraction_a']:.0f} % / "
               f"{100 * r['fraction_b']:.0f} %, offset {r['offset']}, median distance {r['median_distance']:g}", file=out)
     if len(rows) > 20:
         print(f"  ... {len(rows) - 20} more in duplicates.csv", file=out)
-    print(f"{len(summary['groups'])} groups: keeping the volume with the most slices of each drops "
-          f"{summary['n_dropped_volumes']} volumes; that removes {summary['removed_kept_slices']} of the "
+    print(f"{_count(len(summary['groups']), 'group')}: keeping the volume with the most slices of each drops "
+          f"{_count(summary['n_dropped_volumes'], 'volume')}; that removes {summary['removed_kept_slices']} of the "
           f"{summary['kept_slices']} slices kept by the within-volume reduction "
           f"(-> {summary['kept_slices_after_duplicates']})", file=out)
     for w in summary.get("warnings", []):
