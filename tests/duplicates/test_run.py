@@ -42,6 +42,7 @@ def test_cli_finds_planted_duplicates(planted_run, capsys):
     assert summary["removed_kept_slices"] == 7 + 17
     assert summary["kept_slices_after_duplicates"] == summary["kept_slices"] - 24
     assert "3 duplicate volume pairs" in out and "removes 24 of the" in out
+    assert "1 group: " in out and "drops 2 volumes;" in out
     for name, data in before.items():  # inputs untouched, no temporary files left
         assert (run / name).read_bytes() == data
     assert sorted(p.name for p in run.iterdir()) == sorted([*before, "duplicates.csv", "duplicates.json"])
