@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_phantom", "write_phantom_dataset"]
+__all__ = ["make_phantom", "write_phantom_dataset", "write_phantom_classification"]
 
 AIR, FAT, SOFT, LIVER, KIDNEY, LUNG, BLOOD, BONE, CORTEX, GAS, CONTRAST = -1000, -100, 40, 60, 30, -850, 150, 700, 1200, -950, 300
 
@@ -131,3 +131,67 @@ def write_phantom_dataset(
         os.replace(tmp, path)
         paths.append(path)
     return paths
+
+
+def write_phantom_classification(
+    path: str | os.PathLike,
+    *,
+    per_split: tuple[int, int, int] = (32, 16, 32),
+    size: int = 32,
+    seed: int = 1000,
+    n_volumes: int = 4,
+) -> Path:
+    """Write a labelled 2-D task from phantom volumes as a MedMNIST-format ``.npz`` (no external data needed).
+
+    Class 0: axial slices of the lower part of the body (bottom 40 % of the body axis: pelvis, bowel, kidneys);
+    class 1: the upper part (top 40 %: lungs and heart). The slices are min-max rendered to 8 bit per slice (as the
+    authors' exported PNGs) and resized to ``size`` x ``size``; classes are balanced in every split and the splits
+    come from different volumes' slices in turn, so no slice appears twice. Use it where a real labelled set is not
+    at hand (the tiny experiment preset, tests); it is far easier than any clinical task.
+
+    Args:
+        path: the ``.npz`` to write (atomically).
+        per_split: images per class in the train, val and test splits.
+        size: image size in pixels.
+        seed: seed of the phantom volumes (other seeds than the pre-training phantom's).
+        n_volumes: phantom volumes the slices are drawn from.
+
+    Returns:
+        ``path``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from monai_lessmore.utils.files import atomic_open
+
+    need = sum(per_split)
+    slices_per_volume = max(64, int(np.ceil(need / n_volumes / 0.4)) + 8)
+    pools: list[list[np.ndarray]] = [[], []]
+    for v in range(n_volumes):
+        vol = make_phantom(slices_per_volume, max(64, size), seed=seed + v)
+        z = np.linspace(0.0, 1.0, slices_per_volume)
+        for label, mask in ((0, z < 0.4), (1, z > 0.6)):
+            pools[label].extend(vol[k] for k in np.flatnonzero(mask))
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    order = [rng.permutation(len(p)) for p in pools]
+    start = 0
+    for split, n in zip(("train", "val", "test"), per_split):
+        images, labels = [], []
+        for label in (0, 1):
+            for k in order[label][start : start + n]:
+                hu = pools[label][k]
+                lo, hi = float(hu.min()), float(hu.max())
+                u8 = np.round(255.0 * (hu - lo) / max(hi - lo, 1e-6))
+                t = torch.from_numpy(u8.astype(np.float32))[None, None]
+                small = F.interpolate(t, size=(size, size), mode="area")[0, 0].numpy()
+                images.append(np.clip(np.round(small), 0, 255).astype(np.uint8))
+                labels.append(label)
+        arrays[f"{split}_images"] = np.stack(images)
+        arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.uint8)[:, None]
+        start += n
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out) as fh:
+        np.savez(fh, **arrays)
+    return out

@@ -5,7 +5,8 @@
 (:mod:`monai_lessmore.cli.dask_backend`); ``lessmore report DIR`` draws figures of a run
 (:mod:`monai_lessmore.cli.report`); ``lessmore duplicates DIR`` finds duplicate volumes of a run
 (:mod:`monai_lessmore.duplicates.run`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
-data needed). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
+data needed). ``lessmore experiment RECIPE`` runs the paper's experiment from a recipe
+(:mod:`monai_lessmore.experiment`). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
 the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash verification
 (:mod:`monai_lessmore.cli.bundle`, on :mod:`monai_lessmore.bundletools`).
 """
@@ -131,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDRESS", default=None, help="run on an existing Dask cluster, e.g. tcp://HOST:8786 (dask-jobqueue: cluster.scheduler_address); inputs must be readable by the workers at the same paths, and with --export the output folder too")
     g.add_argument("--connect-timeout", type=positive_seconds, default=10.0, metavar="SECONDS", help="seconds to wait for --scheduler (default 10)")
     p.add_argument("--report", action="store_true", help="also write the report figures (as `lessmore report DIR`) at the end")
+
+    e = sub.add_parser("experiment", help="the paper's experiment from a recipe: reduce, pre-train, fine-tune per reduction; results.md/.csv and a plot")
+    e.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a shipped preset: tiny (seconds, no external data), cpu-small (about an hour on 2 CPU cores), paper (the paper's settings, for a GPU); see configs/experiments")
+    e.add_argument("--output", "-o", default=None, help="experiment folder (default: lessmore_experiment_<name>); run the same command again to resume it")
+    e.add_argument("--data-root", default=None, metavar="DIR", help="replaces the recipe's data_root (${data_root} in its paths)")
+    e.add_argument("--reductions", default=None, metavar="NAMES", help="comma-separated reductions of the recipe to run (default: all), e.g. ALL,HASH-6")
+    e.add_argument("--dry-run", action="store_true", help="print the resolved recipe and each stage's state, run nothing")
 
     d = sub.add_parser("demo", help="main job on the embedded synthetic CT phantom (no external data)")
     d.add_argument("--output", "-o", default="lessmore_demo", help="output folder (default: lessmore_demo)")
@@ -338,6 +346,33 @@ def _run_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _run_experiment(ns: argparse.Namespace) -> int:
+    import logging
+
+    from monai_lessmore.experiment import ExperimentError, ExperimentRunner, load_experiment
+
+    if not logging.getLogger().handlers:  # the stages' progress lines (one per epoch of each run) on stderr
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s")
+
+    try:
+        recipe = load_experiment(ns.recipe, data_root=ns.data_root)
+        output = ns.output or f"lessmore_experiment_{recipe['name']}"
+        names = [n.strip() for n in ns.reductions.split(",") if n.strip()] if ns.reductions else None
+        runner = ExperimentRunner(recipe, output, reductions=names)
+        if ns.dry_run:
+            runner.describe()
+            return 0
+        result = runner.run()
+    except ExperimentError as exc:
+        print(f"lessmore experiment: error: {exc}", file=sys.stderr)
+        return 2
+    if result["failures"]:
+        print(f"lessmore experiment: {len(result['failures'])} stages failed (listed in {Path(output) / 'results.md'}); "
+              "run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lessmore`` console script; returns the exit status."""
     from monai_lessmore.utils.logging import configure_console
@@ -369,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_fetch_bundle(ns)
     if ns.command == "demo":
         return _run_demo(ns)
+    if ns.command == "experiment":
+        return _run_experiment(ns)
     raise AssertionError(ns.command)
 
 

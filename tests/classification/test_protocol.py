@@ -118,3 +118,37 @@ def test_kfold_end_to_end_writes_results(tmp_path):
         expected = reference(y, probs)
         for m in ("auc", "f1", "accuracy"):  # the reported test metrics are those of the selected checkpoint
             assert r["test"][m] == pytest.approx(expected[m], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_cache_rate_preprocesses_each_image_once_for_all_epochs_and_runs(tmp_path):
+    """Fixed split, 2 runs x 2 epochs: with cache_rate 1.0 each item is read once per split; the results are those
+    of the uncached protocol."""
+    from monai_lessmore.classification.data import MedMNISTData
+    from monai_lessmore.phantom import write_phantom_classification
+
+    data = MedMNISTData(write_phantom_classification(tmp_path / "p.npz", per_split=(4, 2, 3), size=16))
+    reads: list[str] = []
+
+    class CountingRead(ReadClassificationImaged):
+        def __call__(self, d):
+            reads.append(d["id"])
+            return super().__call__(d)
+
+    def counting(size=32):
+        return Compose([CountingRead("image"), ScaleIntensityd("image"), Resized("image", (size, size)),
+                        RepeatChanneld("image", 3), EnsureTyped("image", track_meta=False)])
+
+    results = {}
+    for rate in (0.0, 1.0):
+        reads.clear()
+        p = _protocol(data, tmp_path / str(rate), max_epochs=2, protocol="runs", num_runs=2, cache_rate=rate)
+        p.train_transforms = p.eval_transforms = counting()
+        results[rate] = p.run()
+        if rate == 1.0:
+            assert sorted(reads) == sorted(set(reads)) and len(reads) == 8 + 4 + 6  # every item once
+        else:
+            assert len(reads) == 2 * (8 * 2 + 4 * 2 + 6)  # read again every epoch and run
+    assert results[1.0]["summary"] == results[0.0]["summary"]
+    with pytest.raises(ValueError, match=r"cache_rate must be in \[0, 1\]"):
+        _protocol(data, tmp_path, cache_rate=2)

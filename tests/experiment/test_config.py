@@ -1,0 +1,79 @@
+"""Recipes: presets resolve, every bad key or value is refused with the file and the key named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from monai_lessmore.experiment import ExperimentError, experiment_presets, load_experiment
+
+
+def _recipe(**changes):
+    base = {
+        "name": "t",
+        "data_root": "/data",
+        "pretrain": {"data": "${data_root}/ct", "method": "swav", "overrides": {"max_epochs": 1}},
+        "reductions": [{"name": "ALL", "config": {"method": "none"}}, {"name": "HASH-6", "config": "hash6"}],
+        "downstream": {"overrides": {"num_runs": 1},
+                       "tasks": [{"name": "COVID-CT", "overrides": {"data_root": "${data_root}/covid_ct"}}]},
+    }
+    base.update(changes)
+    return base
+
+
+def test_shipped_presets_resolve():
+    assert {"tiny", "cpu-small", "paper"} <= set(experiment_presets())
+    for name in experiment_presets():
+        recipe = load_experiment(name)
+        assert recipe["name"] == name
+        assert [r["name"] for r in recipe["reductions"]][0] == "ALL"
+        assert recipe["reductions"][0]["reducer"] == {"method": "none"}
+    paper = load_experiment("paper")
+    assert {r["name"] for r in paper["reductions"]} == {"ALL", "EveryN-10", "HASH-3", "HASH-6", "HASH-12", "SSIM-10",
+                                                        "MI-10", "DeepNet-10"}
+    assert paper["pretrain"]["overrides"] == {"progress_bar": False}  # the bundle's defaults are the paper's
+
+
+def test_placeholders_presets_and_task_overrides_are_resolved():
+    recipe = load_experiment(_recipe(), data_root="/elsewhere")
+    assert recipe["pretrain"]["data"] == "/elsewhere/ct"
+    assert recipe["reductions"][1]["reducer"] == {"method": "hash", "threshold": 6, "algorithm": "leader"}
+    task = recipe["downstream"]["tasks"][0]
+    assert task["overrides"] == {"num_runs": 1, "data_root": "/elsewhere/covid_ct"}  # shared overrides merged in
+    assert recipe["downstream"]["baseline"] is True and recipe["seed"] == 0
+
+
+def test_a_recipe_file_is_read(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(_recipe(name=None) | {"name": "mine"}))
+    assert load_experiment(path)["source"] == str(path)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": 3}, r"unknown keys \['epochs'\] in the recipe"),
+        ({"pretrain": {"data": "/d", "method": "simclr"}}, r"pretrain.method must be one of \['moco', 'spark', 'swav'\]"),
+        ({"pretrain": {"method": "swav"}}, r"pretrain.data is missing"),
+        ({"pretrain": {"data": {"generate": "lidc"}}}, r"pretrain.data must be a folder path or \{generate: phantom"),
+        ({"reductions": []}, r"reductions must be a non-empty list"),
+        ({"reductions": [{"name": "A", "config": "hash6"}, {"name": "A", "config": "hash3"}]}, r"'A' appears twice"),
+        ({"reductions": [{"name": "bad/name", "config": "hash6"}]}, r"names a folder"),
+        ({"reductions": [{"name": "X", "config": "hash7"}]}, r"reductions\[0\] \(X\): no reduction preset 'hash7'"),
+        ({"reductions": [{"name": "X", "config": {"method": "hash", "thresh": 6}}]}, r"unknown keys \['thresh'\]"),
+        ({"reductions": [{"name": "X"}]}, r"reductions\[0\] \(X\) has no config"),
+        ({"downstream": {"tasks": [{"name": "a"}, {"name": "a"}]}}, r"tasks\[1\].name must be a unique short name"),
+        ({"downstream": {"task": []}}, r"unknown keys \['task'\] in downstream"),
+        ({"pretrain": {"data": "${root}/ct"}}, r"unknown placeholder \$\{root\}"),
+    ],
+)
+def test_bad_recipes_are_refused_naming_the_key(changes, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(_recipe(**changes))
+
+
+def test_unknown_preset_and_missing_file():
+    with pytest.raises(ExperimentError, match=r"no experiment preset 'huge'.*cpu-small"):
+        load_experiment("huge")
+    with pytest.raises(ExperimentError, match=r"experiment file /no/such.yaml does not exist"):
+        load_experiment("/no/such.yaml")
