@@ -61,6 +61,7 @@ def test_wheel_ships_templates_schema_and_presets_but_no_weights(installed):
               "schemas/meta_schema_20220324.json"):
         assert f"monai_lessmore/_data/bundles/{f}" in names, f
     assert "monai_lessmore/_data/configs/reduction/hash6.yaml" in names
+    assert "monai_lessmore/_data/configs/experiments/tiny.yaml" in names
     assert not [n for n in names if n.endswith((".pt", ".ckpt", ".pyc"))]
 
 
@@ -76,6 +77,12 @@ def test_installed_wheel_runs_demo_and_import_checkpoint_outside_the_checkout(in
                 "--no-progress"], work, env, timeout=600)
     encoder = work / "demo" / "pretrain" / "encoder.pt"
     assert encoder.is_file() and "skipped" not in out, out[-2000:]
+
+    # the experiment recipes and the bundles' keys (its overrides are checked against them) come from the wheel
+    res = subprocess.run([str(installed["lessmore"]), "experiment", "tiny", "--output", "exp", "--dry-run"], cwd=work,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"({venv}" in res.stderr and "pretrain/HASH-6: to run" in res.stderr and not (work / "exp").exists()
 
     _run([str(installed["lessmore"]), "import-checkpoint", str(encoder), "--bundle", "mybundle"], work, env)
     bundle = work / "mybundle"

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,12 +29,17 @@ from torch.optim import Optimizer
 __all__ = ["LARS", "LAMB", "warmup_cosine_schedule", "spark_lr_wd_schedule", "param_groups_exclude_bias_and_norm"]
 
 
-def param_groups_exclude_bias_and_norm(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two parameter groups: weights (weight decay, layer adaptation) and 1-D tensors (biases, BN: neither)."""
+def param_groups_exclude_bias_and_norm(
+    model: nn.Module, weight_decay: float, no_decay_keys: Sequence[str] = ()
+) -> list[dict]:
+    """Two parameter groups: weights (weight decay, layer adaptation) and the rest (neither): 1-D tensors (biases,
+    norm layers) and parameters whose name contains one of ``no_decay_keys`` (SparK's ``nowd_keys``: its mask tokens,
+    ``(1, C, 1, 1)`` tensors, are ``["mask_token"]``)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            excluded = p.ndim <= 1 or any(k in name for k in no_decay_keys)
+            (no_decay if excluded else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0, "exclude_from_adaptation": True},

@@ -46,6 +46,22 @@ def test_param_groups_split():
     assert len(g[0]["params"]) == 1 and len(g[1]["params"]) == 3 and g[1]["weight_decay"] == 0
 
 
+def test_spark_mask_tokens_get_no_weight_decay_as_sparks_nowd_keys():
+    """SparK's get_param_groups(nowd_keys={'mask_token', ...}): the decoder's (1, C, 1, 1) mask tokens join the
+    bias/norm group; every other 4-D weight is decayed."""
+    from monai_lessmore.ssl.spark import SparKModel
+
+    model = SparKModel(decoder_width=32)
+    decay, no_decay = param_groups_exclude_bias_and_norm(model, 0.04, no_decay_keys=["mask_token"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"] if p.ndim > 1} == {
+        n for n, p in model.named_parameters() if "mask_token" in n}
+    assert len(model.decoder.mask_tokens) == 4 and not any("mask_token" in names[id(p)] for p in decay["params"])
+    assert no_decay["exclude_from_adaptation"] and decay["weight_decay"] == 0.04
+    plain = param_groups_exclude_bias_and_norm(model, 0.04)
+    assert len(plain[0]["params"]) == len(decay["params"]) + len(model.decoder.mask_tokens)
+
+
 def test_lamb_step_by_hand():
     """One LAMB step (You et al. 2019, Algorithm 2) computed by hand."""
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 2.0]))  # |w| = 3
