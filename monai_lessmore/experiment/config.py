@@ -41,6 +41,8 @@ __all__ = ["ExperimentError", "load_experiment", "experiment_presets", "METHODS"
 METHODS = {"swav": (), "moco": ("train_moco.json",), "spark": ("train_spark.json",)}
 #: built-in data generators (no external data): the phantom volumes and a labelled phantom task
 GENERATORS = ("phantom", "phantom_regions")
+#: their arguments (:func:`monai_lessmore.phantom.write_phantom_dataset`, ``write_phantom_classification``)
+GENERATOR_ARGS = {"phantom": ("volumes", "slices", "size", "seed"), "phantom_regions": ("per_split", "size", "seed")}
 _TOP = {"name", "description", "data_root", "seed", "pretrain", "reductions", "downstream"}
 _PRETRAIN = {"data", "method", "overrides"}
 _REDUCTION = {"name", "config"}
@@ -108,7 +110,7 @@ def _check_data(where: str, data: Any, source: str, generators: tuple[str, ...])
     if isinstance(data, str):
         return data
     if isinstance(data, Mapping) and data.get("generate") in generators:
-        return dict(data)
+        return _check_keys(where, data, {"generate", *GENERATOR_ARGS[data["generate"]]}, source)
     raise ExperimentError(f"{source}: {where} must be a folder path or {{generate: {' | '.join(generators)}, ...}}, "
                           f"got {data!r}")
 

@@ -319,13 +319,19 @@ class ExperimentRunner:
             "environment": _environment(),
         }))
         pre = self.recipe["pretrain"]
-        data = (str(Path(pre["data"]).resolve()) if isinstance(pre["data"], str)
-                else self._generated(pre["data"], "pretrain"))
         tasks = self.recipe["downstream"]["tasks"]
-        task_data = {t["name"]: self._generated(t["data"], t["name"]) if "data" in t else None for t in tasks}
+        data = (str(Path(pre["data"]).resolve()) if isinstance(pre["data"], str)
+                else self._try(self._generated, pre["data"], "pretrain"))
+        task_data = {t["name"]: self._try(self._generated, t["data"], t["name"]) if "data" in t else None
+                     for t in tasks}
+        if data is None:  # nothing can run without the pre-training data
+            return {"rows": [], "failures": self.failures,
+                    "written": write_results(self.out, self.recipe, [], self.failures)}
+        failed_data = {t["name"] for t in tasks if "data" in t and task_data[t["name"]] is None}
+        tasks = [t for t in tasks if t["name"] not in failed_data]
         rows: list[dict[str, Any]] = []
         if self.recipe["downstream"]["baseline"] and tasks:
-            rows.append({"name": SCRATCH, "reduction": None, "pretrain": None,
+            rows.append({"name": SCRATCH, "baseline": True, "reduction": None, "pretrain": None,
                          "tasks": {t["name"]: self._try(self._downstream, t, SCRATCH, None, task_data[t["name"]])
                                    for t in tasks}})
         for red in self.reductions:
@@ -367,7 +373,7 @@ class ExperimentRunner:
                 state = "to run"
             self.log(f"  {folder.relative_to(self.out)}: {state}")
 
-    def _try(self, stage: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | None:
+    def _try(self, stage: Callable[..., Any], *args: Any) -> Any:
         try:
             return stage(*args)
         except StageFailed:

@@ -24,6 +24,10 @@ CSV_FIELDS = ("pretraining", "method", "kept_slices", "total_slices", "kept_frac
               "pretrain_seconds", "speed_up_vs_first", "task", "metric", "mean", "std", "n", "values")
 
 
+def _is_baseline(row: dict[str, Any]) -> bool:
+    return bool(row.get("baseline"))
+
+
 def _kept(row: dict[str, Any]) -> tuple[int | None, int | None, float | None]:
     red = row.get("reduction") or {}
     return red.get("n_kept"), red.get("n_slices"), red.get("kept_fraction")
@@ -46,7 +50,7 @@ def results_rows(recipe: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list
         kept, total, fraction = _kept(row)
         seconds = _pretrain_seconds(row)
         base = {
-            "pretraining": "none (from scratch)" if row["reduction"] is None and not row.get("pretrain") else row["name"],
+            "pretraining": "none (from scratch)" if _is_baseline(row) else row["name"],
             "method": recipe["pretrain"]["method"] if row.get("pretrain") else "",
             "kept_slices": kept, "total_slices": total, "kept_fraction": fraction,
             "pretrain_epochs": (row.get("pretrain") or {}).get("epochs"), "pretrain_seconds": seconds,
@@ -89,7 +93,7 @@ def results_markdown_table(recipe: dict[str, Any], rows: Sequence[dict[str, Any]
               "seconds of the training loop, with the speed-up against the first reduction.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        scratch = row["reduction"] is None and not row.get("pretrain")
+        scratch = _is_baseline(row)
         kept, total, fraction = _kept(row)
         seconds = _pretrain_seconds(row)
         if scratch:
@@ -131,9 +135,11 @@ def plot_auc_vs_kept(recipe: dict[str, Any], rows: Sequence[dict[str, Any]], *, 
             auc = (((row["tasks"].get(task) or {}).get("summary")) or {}).get("auc")
             if auc is None:
                 continue
-            kept, _, fraction = _kept(row)
-            if row["reduction"] is None and not row.get("pretrain"):
+            _, _, fraction = _kept(row)
+            if _is_baseline(row):
                 ax.axhline(auc["mean"], color="gray", linestyle="--", label="from scratch")
+                continue
+            if fraction is None:
                 continue
             ax.errorbar([100 * fraction], [auc["mean"]], yerr=[auc["std"]], fmt="o", capsize=3, label=row["name"])
             ax.annotate(row["name"], (100 * fraction, auc["mean"]), textcoords="offset points", xytext=(5, 4),

@@ -65,6 +65,7 @@ def test_a_recipe_file_is_read(tmp_path):
         ({"downstream": {"tasks": [{"name": "a"}, {"name": "a"}]}}, r"tasks\[1\].name must be a unique short name"),
         ({"downstream": {"task": []}}, r"unknown keys \['task'\] in downstream"),
         ({"pretrain": {"data": "${root}/ct"}}, r"unknown placeholder \$\{root\}"),
+        ({"pretrain": {"data": {"generate": "phantom", "n": 2}}}, r"unknown keys \['n'\] in pretrain.data"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key(changes, message):

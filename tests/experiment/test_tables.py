@@ -19,13 +19,14 @@ def _summary(auc, f1, acc):
 RECIPE = {"name": "t", "source": "t.yaml", "pretrain": {"method": "swav", "data": "/ct"},
           "downstream": {"tasks": [{"name": "COVID"}]}}
 ROWS = [
-    {"name": "scratch", "reduction": None, "pretrain": None, "tasks": {"COVID": _summary([0.70, 0.74], [0.6, 0.7], [0.65, 0.7])}},
+    {"name": "scratch", "baseline": True, "reduction": None, "pretrain": None, "tasks": {"COVID": _summary([0.70, 0.74], [0.6, 0.7], [0.65, 0.7])}},
     {"name": "ALL", "reduction": {"n_kept": 1000, "n_slices": 1000, "kept_fraction": 1.0},
      "pretrain": {"pretrain_seconds": 900.0, "epochs": 3}, "tasks": {"COVID": _summary([0.80, 0.82], [0.7, 0.72], [0.7, 0.75])}},
     {"name": "HASH-6", "reduction": {"n_kept": 100, "n_slices": 1000, "kept_fraction": 0.1},
      "pretrain": {"pretrain_seconds": 100.0, "epochs": 3}, "tasks": {"COVID": _summary([0.83, 0.83], [0.74, 0.76], [0.8, 0.8])}},
     {"name": "SSIM-10", "reduction": {"n_kept": 100, "n_slices": 1000, "kept_fraction": 0.1}, "pretrain": None,
      "tasks": {"COVID": None}},
+    {"name": "MI-10", "reduction": None, "pretrain": None, "tasks": {"COVID": None}},  # its reduction failed
 ]
 
 
@@ -37,12 +38,13 @@ def test_markdown_table_in_the_papers_layout():
     assert rows[2] == "| ALL | 1000 of 1000 (100.0 %) | 15.0 min | 0.810 ± 0.010 | 0.710 ± 0.010 | 0.725 ± 0.025 |"
     assert rows[3].startswith("| HASH-6 | 100 of 1000 (10.0 %) | 100 s, 9.0x | 0.830 ± 0.000 |")
     assert rows[4] == "| SSIM-10 | 100 of 1000 (10.0 %) | failed | — | — | — |"
+    assert rows[5] == "| MI-10 | failed | — | — | — | — |"
     assert "- `pretrain/SSIM-10`: RuntimeError: boom" in text
 
 
 def test_csv_has_one_row_per_pretraining_task_and_metric():
     records = results_rows(RECIPE, ROWS)
-    assert len(records) == 4 * 3
+    assert len(records) == 5 * 3
     hash6 = [r for r in records if r["pretraining"] == "HASH-6"]
     assert [r["metric"] for r in hash6] == ["auc", "f1", "accuracy"]
     assert hash6[0]["speed_up_vs_first"] == 9.0 and hash6[0]["kept_fraction"] == 0.1 and hash6[0]["n"] == 2
