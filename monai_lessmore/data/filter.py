@@ -117,9 +117,10 @@ class SliceReductionFilter:
         slice_store_dir: optional folder for the kept slices of NIfTI/NRRD/MetaImage volumes, written once per volume
             (and settings) as one uncompressed ``(K, H, W)`` float32 ``.slices.npy``. Their items then read from it:
             ``image`` is the store file, ``slice_index`` the position in it, and the volume and its slice index are
-            kept as ``source_image`` / ``source_slice_index``. A training epoch then costs one memory-mapped read
-            per slice instead of decompressing a ``.nii.gz`` up to the slice (tens to hundreds of ms for a
-            512x512 volume). :class:`~monai_lessmore.transforms.LoadSliced` reads both kinds of item alike.
+            kept as ``source_image`` / ``source_slice_index``; the items of volumes without a store (DICOM, slice
+            folders) carry the same two keys (their own volume and index), so a batch may mix both kinds. A training
+            epoch then costs one memory-mapped read per slice instead of decompressing a ``.nii.gz`` up to the slice
+            (tens to hundreds of ms for a 512x512 volume). :class:`~monai_lessmore.transforms.LoadSliced` reads both kinds of item alike.
         duplicates: drop all but one volume of each group of duplicate volumes (the same scan twice, see
             :mod:`monai_lessmore.duplicates`): the path of a ``duplicates.csv`` written by ``lessmore duplicates``,
             or a dictionary of search options (``threshold`` 6, ``min_fraction`` 0.5, ``scope`` ``"dataset"``;
@@ -190,8 +191,9 @@ class SliceReductionFilter:
                      "source_slice_index": int(k)}
                     for pos, k in enumerate(record["kept"])
                 )
-            else:
-                out.extend({**item, self.slice_key: int(k)} for k in record["kept"])
+            else:  # the same keys as store items: a batch may mix both kinds (NIfTI + slice folders)
+                out.extend({**item, self.slice_key: int(k), "source_image": source, "source_slice_index": int(k)}
+                           for k in record["kept"])
         if self.duplicates is not None:
             from monai_lessmore.duplicates.select import duplicates_to_drop
 
