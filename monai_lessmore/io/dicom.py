@@ -38,6 +38,11 @@ mm), ``sort_key`` (``"position"``, ``"instance_number"`` or ``"filename"``), ``d
 ``rescale_missing`` (files without RescaleSlope/RescaleIntercept), ``warnings`` (the messages also given as
 :class:`UserWarning`), ``nonfinite_voxels`` (always 0).
 
+:func:`load_dicom_series` with ``lazy=True`` keeps the stored pixels (e.g. uint16) of a series whose files share one
+stored dtype and one RescaleSlope/Intercept, as a :class:`~monai_lessmore.reduction.preprocess.StoredStack`: the
+reducer renders it slice by slice with the same values as the float32 HU array (an integer intercept with slope 1
+goes straight to the compiled rendering). ``num_threads`` decodes the files in a bounded thread pool, in slice order.
+
 :func:`read_dicom_slice` reads only the one file it needs; the sorted file list comes from the headers alone
 (``stop_before_pixels=True``) and is cached per folder, keyed by ``(folder, mtime)``.
 """
@@ -69,7 +74,7 @@ __all__ = [
     "folder_has_dicom",
     "dicom_series_files",
     "load_dicom_series",
-    "default_dicom_threads",
+    "auto_dicom_threads",
     "read_dicom_slice",
     "read_dicom_file",
 ]
@@ -575,8 +580,8 @@ def _meta(series: _Series, extra_warnings: list[str]) -> dict[str, Any]:
     }
 
 
-def default_dicom_threads() -> int:
-    """Threads :func:`load_dicom_series` decodes with by default: the CPUs this process may use, at most
+def auto_dicom_threads() -> int:
+    """Threads ``num_threads=None`` of :func:`load_dicom_series` means: the CPUs this process may use, at most
     :data:`MAX_DICOM_THREADS`."""
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -585,16 +590,16 @@ def default_dicom_threads() -> int:
     return max(1, min(MAX_DICOM_THREADS, cpus))
 
 
-#: most threads :func:`default_dicom_threads` picks: decoding is mostly Python (pydicom's parser holds the GIL),
-#: so more threads than this gain nothing
+#: most threads :func:`auto_dicom_threads` picks
 MAX_DICOM_THREADS = 4
 
 
 def _validate_threads(num_threads: int | None) -> int:
     if num_threads is None:
-        return default_dicom_threads()
+        return auto_dicom_threads()
     if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
-        raise ValueError(f"num_threads must be a positive integer or None (the default), got {num_threads!r}")
+        raise ValueError(f"num_threads must be a positive integer or None (one per CPU, at most "
+                         f"{MAX_DICOM_THREADS}), got {num_threads!r}")
     return int(num_threads)
 
 
@@ -654,7 +659,7 @@ def _stack(series: _Series, num_threads: int) -> Any:
 
 
 def load_dicom_series(
-    folder: str | os.PathLike, *, order: str = "position", lazy: bool = False, num_threads: int | None = None
+    folder: str | os.PathLike, *, order: str = "position", lazy: bool = False, num_threads: int | None = 1
 ) -> Volume:
     """Read a folder holding one DICOM series as an ``(S, H, W)`` ``float32`` HU stack.
 
@@ -666,8 +671,10 @@ def load_dicom_series(
             (:class:`~monai_lessmore.io.volume.LazyVolume`): no whole-volume float32 copy until ``array`` is used.
             The values are the same. A series whose files differ in those tags or in their stored dtype is read
             as ``float32`` either way.
-        num_threads: threads that decode the files (``None``: :func:`default_dicom_threads`; 1: one by one).
-            The result is the same.
+        num_threads: threads that decode the files (``None``: :func:`auto_dicom_threads`). The default, one by
+            one, is the fastest where pydicom decodes: parsing a file is Python that holds the GIL (uncompressed
+            data), and so is Pillow's JPEG 2000 decoder; more threads only add contention there (see
+            ``docs/benchmarks.md``). The result is the same with any number.
 
     Returns:
         :class:`Volume` with ``kind="dicom"`` and one file per slice in ``slice_sources``. Gaps in the slice

@@ -91,7 +91,7 @@ def detect_volume_kind(path: str | os.PathLike) -> tuple[_Kind, tuple[str, str] 
 
 
 def load_volume(
-    path: str | os.PathLike, *, order: str = "index", lazy: bool = False, num_threads: int | None = None
+    path: str | os.PathLike, *, order: str = "index", lazy: bool = False, num_threads: int | None = 1
 ) -> Volume:
     """Read a CT volume as an axial ``(S, H, W)`` ``float32`` stack, slices inferior -> superior.
 
@@ -106,8 +106,8 @@ def load_volume(
         lazy: NIfTI, NRRD/MetaImage files and DICOM series keep their voxels in the stored dtype and order until
             ``array`` is used (:class:`~monai_lessmore.io.volume.LazyVolume`; the reducer renders them slice by
             slice, :meth:`~monai_lessmore.io.volume.Volume.take` scales only the slices asked for). Same values.
-        num_threads: threads that decode a DICOM series' files (``None``:
-            :func:`~monai_lessmore.io.dicom.default_dicom_threads`); other formats ignore it. Same values.
+        num_threads: threads that decode a DICOM series' files (default one by one; ``None``: one per CPU, see
+            :func:`~monai_lessmore.io.dicom.load_dicom_series`); other formats ignore it. Same values.
 
     Returns:
         :class:`~monai_lessmore.io.volume.Volume`.
