@@ -14,9 +14,21 @@ the CPU-time ratio is the steadier one; both are printed. Also printed, each in 
   volume in its stored dtype;
 * random reads of one 512x512 slice from a ``.nii.gz`` without a slice store (``read_slice``), median ms.
 
+``--readers BASELINE`` measures the readers instead, against ``BASELINE``, a checkout of the code before a change
+(e.g. ``git archive <commit> | tar -x -C /tmp/base``); each case runs in fresh processes, the baseline and ours
+interleaved, repeated (median): wall and CPU seconds (all threads) of the step after a warm-up on a tiny input of
+the same kind, and the peak resident memory it added (``VmHWM`` after resetting it) against the stored volume:
+
+* ``process_volume`` (what ``lessmore reduce`` does per volume, HASH-6) of a ``.nrrd`` and a ``.mha`` int16 volume;
+* ``load_volume(..., lazy=True)`` of a DICOM series (``../shared/data/ct/dicom/pancreas_ct`` and the JPEG 2000
+  ``totalseg_example_ct`` when present, and a synthetic series of ``--slices`` files), ours one file at a time (the
+  default) and in two threads; and how long one JPEG 2000 decode keeps another Python thread from running (GIL);
+* :class:`~monai_lessmore.data.SliceReductionFilter` (HASH-6) of one ``.nii.gz``.
+
 Usage::
 
     python scripts/bench_reduce_cli.py [--volumes 4] [--slices 300] [--size 512] [--repeat 3]
+    python scripts/bench_reduce_cli.py --readers /tmp/base [--slices 300] [--size 512] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -118,15 +130,169 @@ def bench_random_reads(path: str, n_slices: int, n: int = 40) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+_READER_CHILD = r"""
+import json, sys, time
+import monai_lessmore
+
+what, path, warm, out, threads = sys.argv[1:6]
+
+def status(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+
+def step(p):
+    if what == "reduce":
+        from monai_lessmore.cli.reduce import process_volume
+        process_volume(p, "v", {"method": "hash", "threshold": 6}, out, "none", "index")
+    elif what == "filter":
+        from monai_lessmore.data import SliceReductionFilter
+        SliceReductionFilter(method="hash", threshold=6)([{"image": p}])
+    else:
+        from monai_lessmore.io import load_volume
+        load_volume(p, lazy=True, **({} if threads == "default" else {"num_threads": int(threads)})).slices()
+
+step(warm)  # imports, decoders and compiled kernels loaded before the baseline
+with open("/proc/self/clear_refs", "w") as fh:  # reset the peak resident size (VmHWM) to the current one
+    fh.write("5")
+base = status("VmRSS")
+wall, cpu = time.perf_counter(), time.process_time()
+step(path)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_mib": (status("VmHWM") - base) / 2**20,
+                  "code": monai_lessmore.__file__}))
+"""
+
+
+def _reader_run(code_root: Path, what: str, path: str, warm: str, threads: str = "default") -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(code_root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    with tempfile.TemporaryDirectory() as out:
+        res = subprocess.run([sys.executable, "-c", _READER_CHILD, what, path, warm, out, threads], env=env, cwd=out,
+                             capture_output=True, text=True, check=True)
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    if not info["code"].startswith(str(code_root)):
+        raise RuntimeError(f"the child ran {info['code']}, not the code in {code_root}")
+    return info
+
+
+def bench_readers(baseline: Path, cases: list[tuple[str, str, str, str, float]], repeat: int) -> None:
+    """Each case ``(label, what, path, warm, stored MiB)``: the baseline, ours and (for DICOM) ours decoding in two
+    threads, interleaved, ``repeat`` times; prints the medians side by side."""
+    for label, what, path, warm, stored in cases:
+        variants = [("baseline", baseline, "default"), ("ours", REPO, "default")]
+        if what == "load":  # ours decodes one file at a time by default
+            variants.append(("ours 2 threads", REPO, "2"))
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+        for _ in range(repeat):
+            for name, root, threads in variants:
+                runs[name].append(_reader_run(root, what, path, warm, threads))
+        med = {name: {k: float(np.median([r[k] for r in rs])) for k in ("wall_s", "cpu_s", "peak_mib")}
+               for name, rs in runs.items()}
+        base = med["baseline"]
+        print(f"[{label}] stored volume {stored:.0f} MiB; median of {repeat}")
+        for name, m in med.items():
+            walls = ", ".join(f"{r['wall_s']:.2f}" for r in runs[name])
+            print(f"  {name:>13}: {m['wall_s']:.2f} s wall (runs {walls}), {m['cpu_s']:.2f} s CPU, "
+                  f"+{m['peak_mib']:.0f} MiB peak = {m['peak_mib'] / stored:.2f}x stored"
+                  + ("" if name == "baseline" else f"; vs baseline: {m['wall_s'] / base['wall_s']:.2f}x wall, "
+                     f"{m['cpu_s'] / base['cpu_s']:.2f}x CPU, {m['peak_mib'] / base['peak_mib']:.2f}x memory"))
+
+
+def gil_probe(files: list[str], repeat: int = 5) -> dict:
+    """Whether decoding one DICOM file lets another Python thread run: the longest pause of a thread that only
+    reads the clock, while the main thread sleeps (the GIL released) and while it decodes (median over files)."""
+    import threading
+
+    import pydicom
+
+    def longest_pause(fn) -> float:
+        gaps: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        time.sleep(0.01)
+        fn()
+        done.set()
+        thread.join()
+        return max(gaps)
+
+    pydicom.dcmread(files[0]).pixel_array  # decoders loaded
+    picks = [files[i % len(files)] for i in range(repeat)]
+    decode = [longest_pause(lambda f=f: pydicom.dcmread(f).pixel_array) for f in picks]
+    sleep = [longest_pause(lambda: time.sleep(0.05)) for _ in picks]
+    return {"decode_ms": 1e3 * float(np.median(decode)), "sleep_ms": 1e3 * float(np.median(sleep))}
+
+
+def reader_cases(tmp: Path, slices: int, size: int) -> list[tuple[str, str, str, str, float]]:
+    """Inputs of :func:`bench_readers`: phantom volumes as .nrrd/.mha/.nii.gz and DICOM series, with tiny warm-ups."""
+    import itk
+
+    from monai_lessmore.io import load_volume
+    from monai_lessmore.phantom import write_phantom_dataset
+    from tests.io.conftest import write_series
+
+    (big,) = write_phantom_dataset(tmp / "big", n_volumes=1, slices=(slices, slices), size=size)
+    (tiny,) = write_phantom_dataset(tmp / "tiny", n_volumes=1, slices=(4, 4), size=32)
+    hu = {name: np.rint(load_volume(str(p)).array).astype(np.int16) for name, p in (("big", big), ("tiny", tiny))}
+    stored = hu["big"].nbytes / 2**20
+    cases = []
+    for ext in (".nrrd", ".mha"):
+        for name, arr in hu.items():
+            image = itk.image_from_array(np.ascontiguousarray(arr[::-1]))  # (z, y, x), z superior first -> flipped
+            itk.imwrite(image, str(tmp / f"{name}{ext}"))
+        cases.append((f"reduce {size}x{size}x{slices} int16 {ext}", "reduce", str(tmp / f"big{ext}"),
+                      str(tmp / f"tiny{ext}"), stored))
+    write_series(tmp / "dcm_tiny", hu["tiny"] + 1024, intercept=-1024.0)
+    shared = REPO.parent / "shared" / "data" / "ct" / "dicom" / "pancreas_ct"
+    if shared.is_dir():
+        cases.append(("load DICOM pancreas_ct (134 files 512x512 uint16)", "load", str(shared),
+                      str(tmp / "dcm_tiny"), 134 * 512 * 512 * 2 / 2**20))
+    j2k = shared.parent / "totalseg_example_ct"
+    if j2k.is_dir():
+        cases.append(("load DICOM totalseg_example_ct (20 files 512x512, JPEG 2000)", "load", str(j2k),
+                      str(tmp / "dcm_tiny"), 20 * 512 * 512 * 2 / 2**20))
+    write_series(tmp / "dcm_big", (hu["big"] + 1024).astype(np.uint16), intercept=-1024.0)
+    cases.append((f"load DICOM synthetic ({slices} files {size}x{size} uint16)", "load", str(tmp / "dcm_big"),
+                  str(tmp / "dcm_tiny"), stored))
+    cases.append((f"SliceReductionFilter {size}x{size}x{slices} int16 .nii.gz", "filter", str(big), str(tiny), stored))
+    return cases
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--volumes", type=int, default=4)
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--readers", type=Path, default=None, metavar="BASELINE",
+                   help="benchmark the readers against the code checked out in BASELINE instead")
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
     from monai_lessmore.phantom import write_phantom_dataset
+
+    if args.readers is not None:
+        print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}; "
+              f"baseline code: {args.readers.resolve()}")
+        j2k = REPO.parent / "shared" / "data" / "ct" / "dicom" / "totalseg_example_ct"
+        if j2k.is_dir():
+            g = gil_probe(sorted(str(f) for f in j2k.iterdir()))
+            print(f"[GIL] longest pause of a clock-reading thread while one JPEG 2000 file of {j2k.name} is decoded: "
+                  f"{g['decode_ms']:.0f} ms (while sleeping 50 ms instead: {g['sleep_ms']:.0f} ms)")
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_readers(args.readers.resolve(), reader_cases(Path(tmp), args.slices, args.size), args.repeat)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
 
     try:
         import isal  # noqa: F401

@@ -86,9 +86,53 @@ def synthetic_inputs(tmp: Path) -> list[str]:
             p = tmp / f"syn_itk{ext}"
             itk.imwrite(image, str(p))
             paths.append(str(p))
+        # every stored orientation class and dtype through ITK's LPS direction matrix (z, y, x arrays)
+        zyx = np.ascontiguousarray(base[::-1])
+        directions = {
+            "flip_z": np.diag([1.0, 1.0, -1.0]),
+            "ras": np.diag([-1.0, -1.0, 1.0]),
+            "coronal": np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]]),
+            "oblique": np.array([[0.96, -0.28, 0], [0.28, 0.96, 0], [0, 0, 1.0]]),
+        }
+        for (name, direction), (ext, dtype) in zip(directions.items(), (
+                (".nrrd", np.int16), (".mha", np.uint16), (".nrrd", np.float64), (".mha", np.int32))):
+            data = zyx + (1024 if dtype in (np.uint16, np.int32) else 0)
+            if dtype == np.float64:
+                data = data + rng.normal(0, 3, data.shape)
+            data = data if dtype == np.float64 else np.rint(data)
+            image = itk.image_from_array(np.ascontiguousarray(data.astype(dtype)))
+            image.SetSpacing((0.8, 0.7, 2.0))
+            image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
+            p = tmp / f"syn_itk_{name}_{np.dtype(dtype).name}{ext}"
+            itk.imwrite(image, str(p))
+            paths.append(str(p))
+        image = itk.image_from_array(np.clip(np.rint((zyx + 1024) / 16), 0, 255).astype(np.uint8))
+        itk.imwrite(image, str(tmp / "syn_itk_uint8.mhd"))
+        paths.append(str(tmp / "syn_itk_uint8.mhd"))
     except ImportError:
         pass
+    paths += dicom_inputs(tmp, base)
     return paths
+
+
+def dicom_inputs(tmp: Path, base: np.ndarray) -> list[str]:
+    """Synthetic DICOM series: stored uint16 with intercept -1024, int16 without rescale tags, and a series whose
+    RescaleSlope/RescaleIntercept change from file to file (non-integer)."""
+    sys.path.insert(0, str(REPO))
+    from tests.io.conftest import write_series
+
+    hu = np.rint(base).astype(np.int64)
+    write_series(tmp / "dcm_u16", (hu + 1024).astype(np.uint16), intercept=-1024.0)
+    write_series(tmp / "dcm_norescale", hu.astype(np.int16), slope=None, intercept=None)
+    folder = tmp / "dcm_perslice"
+    write_series(folder, hu.astype(np.int16))
+    import pydicom
+
+    for k, f in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = 1.0 + 0.25 * (k % 3), -0.5 * k
+        ds.save_as(f)
+    return [str(tmp / n) for n in ("dcm_u16", "dcm_norescale", "dcm_perslice")]
 
 
 def real_inputs() -> list[str]:
@@ -129,7 +173,7 @@ def run(sources: list[str], root: Path) -> dict:
                     entry[name] = f"{type(err).__name__}: {str(err).replace(str(root), '<tmp>')}"
                     continue
             entry[name] = {k: rec[k] for k in ("n_slices", "kept", "hashes", "threshold", "params", "warnings")}
-        out[key] = entry
+        out[key] = json.loads(json.dumps(entry).replace(str(root), "<tmp>"))  # warnings name the folder
         print(key, entry["hash6"]["n_slices"] if isinstance(entry["hash6"], dict) else entry["hash6"], file=sys.stderr)
     return out
 

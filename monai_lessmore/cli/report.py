@@ -197,7 +197,7 @@ def example_rows(
     own = params["method"]
     info = summary["volumes"][name]
     try:
-        vol = load_volume(info["source"], order=params.get("order", "index"))
+        vol = load_volume(info["source"], order=params.get("order", "index"), lazy=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the volume and the fix named
         raise ReportError(
             f"cannot load the example volume {name!r} from {info['source']} ({exc}); "

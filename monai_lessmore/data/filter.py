@@ -61,13 +61,14 @@ def reduce_volume_file(
         if hit is not None:
             if store is not None:
                 if not os.path.isfile(store):
-                    _write_store(store, load_volume(str(source), order=order).array, hit["kept"])
+                    _write_store(store, load_volume(str(source), order=order, lazy=True).take(hit["kept"]))
                 hit = {**hit, "store": store}
             return {**hit, "source": str(source), "cached": True}
-    vol = load_volume(str(source), order=order).require_finite()
+    # stored dtype and order (lazy): rendered slice by slice, only the kept slices ever converted to float32
+    vol = load_volume(str(source), order=order, lazy=True).require_finite()
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
     if store is not None and not os.path.isfile(store):
-        _write_store(store, vol.array, result.kept.tolist())
+        _write_store(store, vol.take(result.kept))
     record = {
         "source": str(source),
         "params": params,
@@ -90,14 +91,15 @@ def reduce_volume_file(
 _STORED_KINDS = ("nifti", "itk")
 
 
-def _write_store(path: str, array: Any, kept: Sequence[int]) -> None:
-    """Write ``array[kept]`` as float32 ``.npy`` atomically (:func:`monai_lessmore.utils.files.atomic_open`)."""
+def _write_store(path: str, kept_slices: Any) -> None:
+    """Write the kept slices ``(K, H, W)`` as float32 ``.npy`` atomically
+    (:func:`monai_lessmore.utils.files.atomic_open`)."""
     import numpy as np
 
     from monai_lessmore.utils.files import atomic_open
 
     with atomic_open(path, fsync=False) as fh:  # a lost store is rebuilt from the volume on the next run
-        np.save(fh, np.ascontiguousarray(np.asarray(array)[list(kept)], dtype=np.float32), allow_pickle=False)
+        np.save(fh, np.ascontiguousarray(kept_slices, dtype=np.float32), allow_pickle=False)
 
 
 class SliceReductionFilter:

@@ -13,7 +13,7 @@ from typing import Any
 
 from monai_lessmore.io.image2d import IMAGE_SUFFIXES, ImageReadError, read_image_2d, read_raster
 from monai_lessmore.io.load import SUPPORTED_FORMATS, detect_volume_kind, load_volume, read_slice
-from monai_lessmore.io.volume import Volume, VolumeReadError
+from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
 
 # Imported on first use (PEP 562): pydicom is slow to import and a NIfTI-only run never needs it.
 _LAZY = {
@@ -45,6 +45,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Volume",
+    "LazyVolume",
     "VolumeReadError",
     "load_volume",
     "read_slice",

@@ -38,6 +38,11 @@ mm), ``sort_key`` (``"position"``, ``"instance_number"`` or ``"filename"``), ``d
 ``rescale_missing`` (files without RescaleSlope/RescaleIntercept), ``warnings`` (the messages also given as
 :class:`UserWarning`), ``nonfinite_voxels`` (always 0).
 
+:func:`load_dicom_series` with ``lazy=True`` keeps the stored pixels (e.g. uint16) of a series whose files share one
+stored dtype and one RescaleSlope/Intercept, as a :class:`~monai_lessmore.reduction.preprocess.StoredStack`: the
+reducer renders it slice by slice with the same values as the float32 HU array (an integer intercept with slope 1
+goes straight to the compiled rendering). ``num_threads`` decodes the files in a bounded thread pool, in slice order.
+
 :func:`read_dicom_slice` reads only the one file it needs; the sorted file list comes from the headers alone
 (``stop_before_pixels=True``) and is cached per folder, keyed by ``(folder, mtime)``.
 """
@@ -45,10 +50,13 @@ mm), ``sort_key`` (``"position"``, ``"instance_number"`` or ``"filename"``), ``d
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
+import threading
 import warnings
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +64,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from monai_lessmore.io.volume import Volume, VolumeReadError
+from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
 
 __all__ = [
     "DICOM_ORDERS",
@@ -66,6 +74,7 @@ __all__ = [
     "folder_has_dicom",
     "dicom_series_files",
     "load_dicom_series",
+    "auto_dicom_threads",
     "read_dicom_slice",
     "read_dicom_file",
 ]
@@ -420,16 +429,41 @@ def _decoder_available(uid: pydicom.uid.UID) -> bool:
         return False
 
 
+#: ITK's lazy module loading and GDCM are not known to be safe from several threads at once: one GDCM read at a time
+_ITK_LOCK = threading.Lock()
+
+
 def _read_hu_itk(path: str) -> np.ndarray:
     """Decode one file with the GDCM library inside ITK: ``(H, W)`` float64, RescaleSlope/Intercept applied."""
     import itk
 
-    array = np.asarray(itk.array_from_image(itk.imread(path, itk.D, imageio=itk.GDCMImageIO.New())), np.float64)
+    with _ITK_LOCK:
+        array = np.asarray(itk.array_from_image(itk.imread(path, itk.D, imageio=itk.GDCMImageIO.New())), np.float64)
     return array[0] if array.ndim == 3 and len(array) == 1 else array
 
 
-def _read_hu(path: str, shape: tuple[int, int] | None) -> np.ndarray:
-    """One file's pixels in HU as ``float32`` ``(H, W)``; ``shape`` is the series' slice shape to check against."""
+@dataclass(frozen=True)
+class _Rescale:
+    """``stored * slope + intercept`` in float64, the HU of a DICOM file's stored pixels (per voxel, so a chunk of
+    slices that share the tags scales exactly as each file alone)."""
+
+    slope: float
+    intercept: float
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return raw.astype(np.float64) * self.slope + self.intercept
+
+    @property
+    def offset(self) -> int | None:
+        """The integer intercept when the slope is 1 (HU = stored + intercept, exact), else ``None``."""
+        if self.slope == 1.0 and np.isfinite(self.intercept) and float(self.intercept).is_integer():
+            return int(self.intercept)
+        return None
+
+
+def _decode(path: str, shape: tuple[int, int] | None) -> tuple[np.ndarray, _Rescale | None]:
+    """One file's pixels: ``(stored pixels, rescale)``, or ``(HU float64, None)`` when GDCM (through ITK) decoded
+    them and applied the rescale itself. ``shape`` is the series' slice shape to check against."""
     try:
         ds = pydicom.dcmread(path, force=not is_dicom_file(path))
     except Exception as err:
@@ -441,18 +475,18 @@ def _read_hu(path: str, shape: tuple[int, int] | None) -> np.ndarray:
     uid = ds.file_meta.get("TransferSyntaxUID")
     slope = ds.get("RescaleSlope")
     intercept = ds.get("RescaleIntercept")
-    slope = 1.0 if _blank(slope) else float(slope)
-    intercept = 0.0 if _blank(intercept) else float(intercept)
-    hu: np.ndarray | None = None
+    rescale: _Rescale | None = _Rescale(1.0 if _blank(slope) else float(slope),
+                                        0.0 if _blank(intercept) else float(intercept))
+    pixels: np.ndarray | None = None
     pydicom_error: Exception | None = None
     if not _compressed(uid) or _decoder_available(uid):
         try:
-            hu = ds.pixel_array.astype(np.float64) * slope + intercept
+            pixels = ds.pixel_array
         except Exception as err:
             pydicom_error = err
-    if hu is None and _compressed(uid):  # no pydicom decoder, or its decoder failed: GDCM through ITK
+    if pixels is None and _compressed(uid):  # no pydicom decoder, or its decoder failed: GDCM through ITK
         try:
-            hu = _read_hu_itk(path)
+            pixels, rescale = _read_hu_itk(path), None
         except Exception as err:
             first = (
                 f"pydicom: {type(pydicom_error).__name__}: {_one_line(pydicom_error)}; " if pydicom_error else
@@ -463,18 +497,28 @@ def _read_hu(path: str, shape: tuple[int, int] | None) -> np.ndarray:
                 f"{type(err).__name__}: {_one_line(err)}); the file may be truncated or corrupt, or no installed "
                 f"decoder handles this syntax: {_DECODE_HINT}"
             ) from err
-    if hu is None:
+    if pixels is None:
         raise VolumeReadError(
             f"{path}: the pixel data could not be decoded, transfer syntax {_syntax_text(uid)} "
             f"({type(pydicom_error).__name__}: {_one_line(pydicom_error)}); the file may be truncated or corrupt, "
             f"or the transfer syntax is not one any installed decoder handles: {_DECODE_HINT}"
         ) from pydicom_error
-    if hu.shape != shape:
+    if pixels.shape != shape:
         raise VolumeReadError(
-            f"{path}: pixel data of shape {hu.shape} where a {shape[0]}x{shape[1]} grayscale slice was expected "
+            f"{path}: pixel data of shape {pixels.shape} where a {shape[0]}x{shape[1]} grayscale slice was expected "
             "(colour or multi-frame images are not CT slices); remove it from the series folder"
         )
-    return hu.astype(np.float32)
+    return pixels, rescale
+
+
+def _to_hu(pixels: np.ndarray, rescale: _Rescale | None) -> np.ndarray:
+    """``float32`` HU of what :func:`_decode` returned."""
+    return (pixels if rescale is None else rescale(pixels)).astype(np.float32)
+
+
+def _read_hu(path: str, shape: tuple[int, int] | None) -> np.ndarray:
+    """One file's pixels in HU as ``float32`` ``(H, W)``; ``shape`` is the series' slice shape to check against."""
+    return _to_hu(*_decode(path, shape))
 
 
 def read_dicom_file(path: str | os.PathLike) -> np.ndarray:
@@ -536,13 +580,101 @@ def _meta(series: _Series, extra_warnings: list[str]) -> dict[str, Any]:
     }
 
 
-def load_dicom_series(folder: str | os.PathLike, *, order: str = "position") -> Volume:
+def auto_dicom_threads() -> int:
+    """Threads ``num_threads=None`` of :func:`load_dicom_series` means: the CPUs this process may use, at most
+    :data:`MAX_DICOM_THREADS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_DICOM_THREADS, cpus))
+
+
+#: most threads :func:`auto_dicom_threads` picks
+MAX_DICOM_THREADS = 4
+
+
+def _validate_threads(num_threads: int | None) -> int:
+    if num_threads is None:
+        return auto_dicom_threads()
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer or None (one per CPU, at most "
+                         f"{MAX_DICOM_THREADS}), got {num_threads!r}")
+    return int(num_threads)
+
+
+def _ordered_map(fn: Any, items: list[str], threads: int) -> Any:
+    """``map(fn, items)`` run in up to ``threads`` threads, results in input order, at most ``2 * threads`` ahead
+    of the consumer. The first item's error (in input order) is raised, and nothing queued runs after it."""
+    if threads <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lessmore-dicom")
+    pending: deque = deque()
+    rest = iter(items)
+    try:
+        for item in itertools.islice(rest, 2 * threads):
+            pending.append(pool.submit(fn, item))
+        while pending:
+            result = pending.popleft().result()
+            for item in itertools.islice(rest, 1):
+                pending.append(pool.submit(fn, item))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stack(series: _Series, num_threads: int) -> Any:
+    """Decode the series' files into a :class:`~monai_lessmore.reduction.preprocess.StoredStack` when they share
+    one stored dtype and one RescaleSlope/Intercept (CT series almost always do), else into a ``float32`` HU array.
+    The first file is decoded alone (it loads the decoders), the rest in ``num_threads`` threads."""
+    from monai_lessmore.reduction.preprocess import StoredStack
+
+    files = list(series.files)
+    shape = series.headers[0].shape
+    first, common = _decode(files[0], shape)  # type: ignore[arg-type]
+    raw: np.ndarray | None = None
+    hu: np.ndarray | None = None
+    if common is not None:
+        raw = np.empty((len(files), *first.shape), dtype=first.dtype)
+        raw[0] = first
+    else:
+        hu = np.empty((len(files), *first.shape), dtype=np.float32)
+        hu[0] = _to_hu(first, None)
+    decoded = _ordered_map(lambda path: _decode(path, shape), files[1:], num_threads)
+    for i, (pixels, rescale) in enumerate(decoded, start=1):
+        if raw is not None and (rescale != common or pixels.dtype != raw.dtype):
+            # the tags or the stored dtype change within the series: HU per file, as float32
+            hu = np.empty(raw.shape, dtype=np.float32)
+            hu[:i] = _to_hu(raw[:i], common)
+            raw = None
+        if raw is not None:
+            raw[i] = pixels
+        else:
+            hu[i] = _to_hu(pixels, rescale)  # type: ignore[index]
+    if raw is None:
+        return hu
+    identity = common.slope == 1.0 and common.intercept == 0.0  # type: ignore[union-attr]
+    return StoredStack(raw, scale=None if identity else common, offset=common.offset)  # type: ignore[union-attr]
+
+
+def load_dicom_series(
+    folder: str | os.PathLike, *, order: str = "position", lazy: bool = False, num_threads: int | None = 1
+) -> Volume:
     """Read a folder holding one DICOM series as an ``(S, H, W)`` ``float32`` HU stack.
 
     Args:
         folder: the series folder (files with or without ``.dcm``; non-DICOM files are ignored).
         order: ``"position"`` (default: along the slice normal, inferior -> superior) or ``"instance"``
             (InstanceNumber ascending, the order of the paper's released data).
+        lazy: keep the stored pixels (e.g. int16/uint16) with the series' RescaleSlope/Intercept
+            (:class:`~monai_lessmore.io.volume.LazyVolume`): no whole-volume float32 copy until ``array`` is used.
+            The values are the same. A series whose files differ in those tags or in their stored dtype is read
+            as ``float32`` either way.
+        num_threads: threads that decode the files (``None``: :func:`auto_dicom_threads`). The default, one by
+            one, is the fastest where pydicom decodes: parsing a file is Python that holds the GIL (uncompressed
+            data), and so is Pillow's JPEG 2000 decoder; more threads only add contention there (see
+            ``docs/benchmarks.md``). The result is the same with any number.
 
     Returns:
         :class:`Volume` with ``kind="dicom"`` and one file per slice in ``slice_sources``. Gaps in the slice
@@ -552,14 +684,14 @@ def load_dicom_series(folder: str | os.PathLike, *, order: str = "position") -> 
     Raises:
         VolumeReadError: no DICOM images, several series, mixed shapes, corrupt files, undecodable pixel data,
             ``order="instance"`` without InstanceNumber.
-        ValueError: unknown ``order``.
+        ValueError: unknown ``order``, bad ``num_threads``.
     """
+    from monai_lessmore.reduction.preprocess import StoredStack
+
     folder = os.fspath(folder)
+    threads = _validate_threads(num_threads)
     series = _series(folder, order)
-    shape = series.headers[0].shape
-    array = np.empty((len(series.files), *shape), dtype=np.float32)  # type: ignore[misc]
-    for i, path in enumerate(series.files):
-        array[i] = _read_hu(path, shape)  # type: ignore[arg-type]
+    stack = _stack(series, threads)
     extra = []
     if order == "instance" and series.positions is not None and not series.monotonic:
         extra.append(
@@ -569,14 +701,12 @@ def load_dicom_series(folder: str | os.PathLike, *, order: str = "position") -> 
     meta = _meta(series, extra)
     for message in meta["warnings"]:
         warnings.warn(message, UserWarning, stacklevel=2)
-    return Volume(
-        name=Path(folder).name,
-        source=folder,
-        array=array,
-        kind="dicom",
-        slice_sources=list(series.files),
-        meta=meta,
-    )
+    kwargs = dict(name=Path(folder).name, source=folder, kind="dicom", slice_sources=list(series.files), meta=meta)
+    if not isinstance(stack, StoredStack):
+        return Volume(array=stack, **kwargs)
+    if lazy:
+        return LazyVolume(stack=stack, **kwargs)
+    return Volume(array=stack.to_array(), **kwargs)
 
 
 def read_dicom_slice(folder: str | os.PathLike, index: int, *, order: str = "position") -> np.ndarray:

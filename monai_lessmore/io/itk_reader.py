@@ -6,8 +6,13 @@ They are turned into a RAS affine of the ``(x, y, z)`` grid and reoriented exact
 inferior -> superior, and each slice has rows anterior -> posterior and columns patient right -> left (the LPS view
 of a standard axial DICOM). The same voxels written as NIfTI with the matching affine give an identical array.
 
-``itk`` takes seconds to import, so it is imported inside :func:`load_itk`. ITK files are read whole (no lazy
-per-slice reading).
+Values are the stored values (ITK applies no intensity scaling to these formats) as ``float32``. ``lazy=True``
+keeps ITK's buffer in its stored dtype and order (:class:`~monai_lessmore.io.volume.LazyVolume`, the NIfTI
+reader's path): orientation is a view of it, the reducer renders it slice by slice, and the float32 ``array`` --
+equal to the eager one -- is made only if something asks for it.
+
+``itk`` takes seconds to import, so it is imported inside :func:`load_itk`. ITK files are read whole (no
+per-slice reading from disk).
 
 ``meta`` keys: those of the NIfTI reader (``spacing``, ``affine``, ``original_affine`` of the ``(x, y, z)`` grid,
 ``orientation``, ``slice_axis``, ``slice_axis_flipped``, ``ornt_transform``, ``original_shape``), plus
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_lessmore.io.orientation import apply_axial_orientation, axial_orientation
-from monai_lessmore.io.volume import Volume, VolumeReadError
+from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
 
 __all__ = ["ITK_SUFFIXES", "is_itk_path", "itk_volume_name", "lps_grid_to_ras_affine", "load_itk"]
 
@@ -47,13 +52,30 @@ def lps_grid_to_ras_affine(direction: np.ndarray, spacing: np.ndarray, origin: n
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def load_itk(path: str | os.PathLike) -> Volume:
+class _ImageBuffer:
+    """ITK's pixel buffer for :func:`numpy.asarray`, holding the image: every array made from it, and every view of
+    those, keeps the buffer alive (numpy's views of ITK's own array view do not, they point past it)."""
+
+    def __init__(self, image: object, view: np.ndarray) -> None:
+        self.__array_interface__ = view.__array_interface__
+        self._keep = (image, view)
+
+
+def load_itk(path: str | os.PathLike, *, lazy: bool = False) -> Volume:
     """Read a 3D scalar image with ITK as an axial ``(S, H, W)`` ``float32`` stack (see the module docstring).
+
+    Args:
+        path: a ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd`` file.
+        lazy: keep the voxels in ITK's buffer, in their stored dtype and order
+            (:class:`~monai_lessmore.io.volume.LazyVolume`): no whole-volume float32 or reoriented copy until
+            ``array`` is used. The values are the same.
 
     Raises:
         VolumeReadError: unreadable file, not 3D, or not a scalar image.
     """
     import itk  # slow to import: only when an ITK file is actually read
+
+    from monai_lessmore.reduction.preprocess import StoredStack
 
     path = os.fspath(path)
     try:
@@ -71,7 +93,7 @@ def load_itk(path: str | os.PathLike) -> Volume:
         raise VolumeReadError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar CT volume is expected"
         )
-    zyx = itk.array_from_image(image)
+    zyx = np.asarray(_ImageBuffer(image, itk.array_view_from_image(image)))  # ITK's buffer, no copy
     direction = np.asarray(image.GetDirection(), dtype=np.float64)
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     origin = np.asarray(image.GetOrigin(), dtype=np.float64)
@@ -80,12 +102,16 @@ def load_itk(path: str | os.PathLike) -> Volume:
         orientation = axial_orientation(lps_grid_to_ras_affine(direction, spacing, origin), xyz.shape, source=path)
     except ValueError as err:
         raise VolumeReadError(str(err)) from err
-    array = np.ascontiguousarray(apply_axial_orientation(xyz, orientation), dtype=np.float32)
+    # the stored values are the real values: integers of up to 16 bits render straight from the buffer (offset 0)
+    stack = StoredStack(apply_axial_orientation(xyz, orientation), scale=None, offset=0)
     meta = dict(orientation)
     meta.update(
         direction=direction,
         origin=origin,
         stored_dtype=str(zyx.dtype),
-        nonfinite_voxels=int(array.size - np.count_nonzero(np.isfinite(array))),
+        nonfinite_voxels=stack.count_nonfinite(),
     )
-    return Volume(name=itk_volume_name(path), source=path, array=array, kind="itk", meta=meta)
+    kwargs = dict(name=itk_volume_name(path), source=path, kind="itk", meta=meta)
+    if lazy:
+        return LazyVolume(stack=stack, **kwargs)
+    return Volume(array=stack.to_array(), **kwargs)

@@ -90,7 +90,9 @@ def detect_volume_kind(path: str | os.PathLike) -> tuple[_Kind, tuple[str, str] 
     raise VolumeReadError(f"{p}: no such file or folder (nor a '<slice folder>/<volume id>' address)")
 
 
-def load_volume(path: str | os.PathLike, *, order: str = "index", lazy: bool = False) -> Volume:
+def load_volume(
+    path: str | os.PathLike, *, order: str = "index", lazy: bool = False, num_threads: int | None = 1
+) -> Volume:
     """Read a CT volume as an axial ``(S, H, W)`` ``float32`` stack, slices inferior -> superior.
 
     Args:
@@ -101,24 +103,27 @@ def load_volume(path: str | os.PathLike, *, order: str = "index", lazy: bool = F
             ``"filename"``, slice folders in the authors' plain string sort of file names (``_10`` before ``_9``),
             and ``"instance"``, DICOM series by InstanceNumber. An order that does not apply to a format leaves it
             in its anatomical order (NIfTI/NRRD/MetaImage have only that one).
-        lazy: NIfTI files keep their voxels in the stored dtype and order until ``array`` is used
-            (:class:`~monai_lessmore.io.nifti.LazyNiftiVolume`; the reducer renders them slice by slice). Same values.
+        lazy: NIfTI, NRRD/MetaImage files and DICOM series keep their voxels in the stored dtype and order until
+            ``array`` is used (:class:`~monai_lessmore.io.volume.LazyVolume`; the reducer renders them slice by
+            slice, :meth:`~monai_lessmore.io.volume.Volume.take` scales only the slices asked for). Same values.
+        num_threads: threads that decode a DICOM series' files (default one by one; ``None``: one per CPU, see
+            :func:`~monai_lessmore.io.dicom.load_dicom_series`); other formats ignore it. Same values.
 
     Returns:
         :class:`~monai_lessmore.io.volume.Volume`.
 
     Raises:
         VolumeReadError: the path cannot be read as a volume; the message names the file, the problem and the fix.
-        ValueError: ``order`` is not ``"index"``, ``"filename"`` or ``"instance"``.
+        ValueError: ``order`` is not ``"index"``, ``"filename"`` or ``"instance"``; bad ``num_threads``.
     """
     validate_order(order)
     kind, address = detect_volume_kind(path)
     if kind == "nifti":
         return load_nifti(path, lazy=lazy)
     if kind == "itk":
-        return load_itk(path)
+        return load_itk(path, lazy=lazy)
     if kind == "dicom":
-        return _dicom().load_dicom_series(path, order=_dicom_order(order))
+        return _dicom().load_dicom_series(path, order=_dicom_order(order), lazy=lazy, num_threads=num_threads)
     folder, volume_id = address  # type: ignore[misc]
     return load_slice_volume(folder, volume_id, order=order)
 
@@ -152,12 +157,7 @@ def read_slice(path: str | os.PathLike, index: int, *, order: str = "index") -> 
     if kind == "dicom":
         return _dicom().read_dicom_slice(path, index, order=_dicom_order(order))
     if kind == "itk":
-        array = load_itk(path).array
-        if not -len(array) <= index < len(array):
-            raise IndexError(
-                f"slice index {index} is out of range for {os.fspath(path)}, which has {len(array)} slices"
-            )
-        return np.ascontiguousarray(array[index])
+        return load_itk(path, lazy=True).take([index])[0]  # read whole, but only this slice converted
     folder, volume_id = address  # type: ignore[misc]
     return read_slice_volume_slice(folder, volume_id, index, order=order)
 

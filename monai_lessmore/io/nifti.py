@@ -43,7 +43,7 @@ import nibabel as nib
 import numpy as np
 
 from monai_lessmore.io.orientation import apply_axial_orientation, axial_orientation, source_slice_index
-from monai_lessmore.io.volume import Volume, VolumeReadError
+from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -186,37 +186,8 @@ def _read(img: Any, index: tuple[Any, ...], path: str) -> np.ndarray:
         ) from err
 
 
-class LazyNiftiVolume(Volume):
-    """A NIfTI :class:`Volume` that holds its voxels in the stored dtype (``lazy=True`` of :func:`load_nifti`).
-
-    :meth:`slices` returns a :class:`~monai_lessmore.reduction.preprocess.StoredStack` (what
-    :class:`~monai_lessmore.reduction.SliceReducer` renders slice by slice); ``array`` is the float32 stack of the
-    eager reader, made on first access and then kept.
-    """
-
-    def __init__(self, *, stack: Any, **kwargs: Any) -> None:
-        self.stack = stack
-        super().__init__(array=None, **kwargs)  # type: ignore[arg-type]
-
-    @property  # type: ignore[override]
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            self._array = self.stack.to_array()
-        return self._array
-
-    @array.setter
-    def array(self, value: np.ndarray | None) -> None:
-        self._array = value
-
-    @property
-    def num_slices(self) -> int:
-        return len(self.stack)
-
-    def slices(self) -> Any:
-        return self.stack
-
-    def __repr__(self) -> str:
-        return f"Volume(name={self.name!r}, kind={self.kind!r}, shape={self.stack.shape}, source={self.source!r})"
+class LazyNiftiVolume(LazyVolume):
+    """The :class:`~monai_lessmore.io.volume.LazyVolume` of a NIfTI file (``lazy=True`` of :func:`load_nifti`)."""
 
 
 def load_nifti(path: str | os.PathLike, *, lazy: bool = False) -> Volume:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["Volume", "VolumeReadError", "VolumeKind"]
+__all__ = ["Volume", "LazyVolume", "VolumeReadError", "VolumeKind"]
 
 VolumeKind = Literal["nifti", "dicom", "itk", "slices"]
 
@@ -89,8 +89,65 @@ class Volume:
             return self.array
         return [self.original_slice(i) for i in range(self.num_slices)]
 
+    def take(self, indices: Any) -> np.ndarray:
+        """``float32`` ``(K, H, W)`` stack of the slices ``indices``, equal to ``array[indices]`` (e.g. the kept
+        slices of a reduction). Volumes with mixed slice sizes have none (use :meth:`original_slice`)."""
+        return np.ascontiguousarray(self.array[np.asarray(indices, dtype=np.intp)], dtype=np.float32)
+
     def __repr__(self) -> str:
         return (
             f"Volume(name={self.name!r}, kind={self.kind!r}, shape={tuple(self.array.shape)}, "
             f"source={self.source!r})"
         )
+
+
+class LazyVolume(Volume):
+    """A :class:`Volume` that holds its voxels in the stored dtype and order (``lazy=True`` of the NIfTI,
+    NRRD/MetaImage and DICOM readers).
+
+    :meth:`slices` returns the :class:`~monai_lessmore.reduction.preprocess.StoredStack` (what
+    :class:`~monai_lessmore.reduction.SliceReducer` renders slice by slice) and :meth:`take` scales only the slices
+    asked for; ``array`` is the float32 stack of the eager reader, equal to it, made on first access and then kept.
+    """
+
+    def __init__(self, *, stack: Any, **kwargs: Any) -> None:
+        self.stack = stack
+        super().__init__(array=None, **kwargs)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = self.stack.to_array()
+        return self._array
+
+    @array.setter
+    def array(self, value: np.ndarray | None) -> None:
+        self._array = value
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.stack)
+
+    def slices(self) -> Any:
+        return self.stack
+
+    def original_slice(self, index: int) -> np.ndarray:
+        if self._array is not None:
+            return self._array[index]
+        return self.take([index])[0]
+
+    def take(self, indices: Any) -> np.ndarray:
+        if self._array is not None:
+            return super().take(indices)
+        idx = np.asarray(indices, dtype=np.intp).reshape(-1)
+        out = np.empty((len(idx), *self.stack.shape[1:]), dtype=np.float32)
+        for k, i in enumerate(idx):
+            i = int(i) + (len(self.stack) if i < 0 else 0)
+            if not 0 <= i < len(self.stack):
+                raise IndexError(f"slice index {int(idx[k])} is out of range for {self.source}, which has "
+                                 f"{len(self.stack)} slices")
+            out[k] = self.stack.chunk(i, i + 1)[0]
+        return out
+
+    def __repr__(self) -> str:
+        return f"Volume(name={self.name!r}, kind={self.kind!r}, shape={self.stack.shape}, source={self.source!r})"

@@ -38,8 +38,9 @@ class StoredStack:
             raise ValueError(f"a stored stack must be (S, H, W), got shape {raw.shape}")
         self.raw = raw
         self.scale = scale
-        if offset is not None and not (raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.dtype.isnative):
-            offset = None
+        if offset is not None and not (raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.dtype.isnative
+                                       and abs(int(offset)) + (1 << 16) <= _FLOAT32_EXACT_INT):
+            offset = None  # (raw + offset would not be exact in float32: render from the float32 values)
         self.offset = offset
 
     @property
@@ -57,9 +58,15 @@ class StoredStack:
         return np.asarray(block, dtype=np.float32)
 
     def to_array(self) -> np.ndarray:
-        """The whole stack as a C-contiguous ``float32`` array (what the reader's eager path returns)."""
-        block = self.raw if self.scale is None else self.scale(self.raw)
-        return np.ascontiguousarray(block, dtype=np.float32)
+        """The whole stack as a C-contiguous ``float32`` array (what the reader's eager path returns), scaled in
+        chunks of slices so that no whole-volume float64 temporary is made."""
+        if self.scale is None:
+            return np.ascontiguousarray(self.raw, dtype=np.float32)
+        out = np.empty(self.shape, dtype=np.float32)
+        step = _chunk_slices(self.raw.shape)
+        for i in range(0, len(self), step):
+            out[i : i + step] = self.chunk(i, i + step)
+        return out
 
     def count_nonfinite(self) -> int:
         """NaN/Inf values among the real values, counted chunk by chunk."""

@@ -102,3 +102,25 @@ def test_helpers(tmp_path):
     assert default_methods("ssim") == ["all", "everyn", "ssim", "hash"]
     with pytest.raises(ReportError, match="summary.json not found"):
         make_report(tmp_path, methods="hash")
+
+
+def test_example_volume_is_read_in_its_stored_dtype(run_dir, monkeypatch):
+    """The report renders the example volume from its stored voxels: never a whole-volume float32 copy, the same
+    rows and renderings as from the float32 array."""
+    import numpy as np
+
+    from monai_lessmore.io import load_volume
+    from monai_lessmore.reduction import SliceReducer
+    from monai_lessmore.reduction.preprocess import StoredStack
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    eager = load_volume(summary["volumes"]["phantom_01"]["source"]).array
+
+    def whole_volume(self):
+        raise AssertionError("the whole volume was converted to float32")
+
+    monkeypatch.setattr(StoredStack, "to_array", whole_volume)
+    rows, display = example_rows(run_dir, summary, "phantom_01", ["everyn", "ssim", "hash"])
+    np.testing.assert_array_equal(display, SliceReducer().render(eager))
+    ssim = SliceReducer(method="ssim", count=len(rows[2].kept)).reduce(eager).kept.tolist()
+    assert rows[1].kept == ssim and rows[1].note is None

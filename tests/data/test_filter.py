@@ -153,3 +153,36 @@ def test_slice_store_items_read_the_same_slices(tmp_path):
     assert len(list(store.glob("*.slices.npy"))) == 2
     with pytest.raises(IndexError, match=f"out of range.*holds {len(stored)} slices"):
         load({"image": stored[0]["image"], "slice_index": len(stored)})
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "dicom"])
+def test_filter_never_converts_the_whole_volume(tmp_path, monkeypatch, fmt):
+    """The filter reads the stored voxels (lazy): they are rendered slice by slice and only the kept slices are
+    converted to float32 for the slice store; the records and the store equal those of the eager volume."""
+    import nibabel as nib
+
+    from monai_lessmore.reduction.preprocess import StoredStack
+    from tests.io.conftest import write_series
+
+    vol = np.random.default_rng(1).integers(-1000, 1500, size=(30, 16, 16)).astype(np.int16)  # (S, H, W)
+    vol[10:20] = vol[10]  # repeated slices: something to drop
+    if fmt == "nifti":
+        path = tmp_path / "ct.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)), np.diag([-1.0, -1, 1, 1])), str(path))
+    else:
+        path = tmp_path / "series"
+        write_series(path, vol, intercept=-1024.0)
+    eager = load_volume(str(path)).array
+    expected = SliceReducer(threshold=6).reduce(eager)
+
+    def whole_volume(self):
+        raise AssertionError("the whole volume was converted to float32")
+
+    monkeypatch.setattr(StoredStack, "to_array", whole_volume)
+    flt = SliceReductionFilter(threshold=6, slice_store_dir=tmp_path / "store")
+    out = flt([{"image": str(path)}])
+    record = flt.records[0]
+    assert record["kept"] == expected.kept.tolist() and record["hashes"] == expected.hashes
+    assert len(out) == len(expected.kept) < 30
+    if fmt == "nifti":  # the slice store holds NIfTI/NRRD/MetaImage volumes' kept slices
+        np.testing.assert_array_equal(np.load(record["store"]), eager[expected.kept])

@@ -445,3 +445,125 @@ def test_python_api_order_instance(tmp_path, rng):
     assert [d["slice_index"] for d in items] == [0, 1, 2]
     first = LoadSliced(keys="image", order="instance")(items[0])["image"]
     np.testing.assert_array_equal(first[0].numpy(), stack[2])  # InstanceNumber 1 is the top slice here
+
+
+# ---------------------------------------------------------------- threaded decoding, stored pixels (lazy volumes)
+@pytest.mark.parametrize("num_threads", [1, 3])
+def test_threads_decode_the_same_volume_in_slice_order(tmp_path, rng, monkeypatch, num_threads):
+    import threading
+
+    stack = random_volume(rng, (11, 6, 7))
+    order = rng.permutation(11)  # file names in another order than the positions
+    write_series(tmp_path, stack, names=lambda k: f"f{order[k]:02d}.dcm", intercept=-1024.0)
+    decoded_in = []
+    real = dicom._decode
+    monkeypatch.setattr(dicom, "_decode", lambda *a: (decoded_in.append(threading.current_thread().name), real(*a))[1])
+    vol = load_dicom_series(tmp_path, num_threads=num_threads)
+    np.testing.assert_array_equal(vol.array, stack.astype(np.float32) - 1024)
+    assert vol.slice_sources == [str(tmp_path / f"f{order[k]:02d}.dcm") for k in range(11)]
+    pooled = sum(name.startswith("lessmore-dicom") for name in decoded_in)
+    assert len(decoded_in) == 11 and pooled == (0 if num_threads == 1 else 10)  # the first file alone, then the pool
+
+
+def test_threaded_decoding_reports_the_first_failing_file_and_leaves_no_thread(tmp_path, rng):
+    import threading
+
+    write_series(tmp_path, random_volume(rng, (12, 8, 8)))
+    for name in ("slice005.dcm", "slice009.dcm"):
+        good = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(good[:-40])  # header intact, pixel data truncated
+    for threads in (1, 4):  # the same error as one by one: the first bad file in slice order
+        with pytest.raises(VolumeReadError, match=r"slice005\.dcm.*(truncated|corrupt)"):
+            load_dicom_series(tmp_path, num_threads=threads)
+    assert not [t for t in threading.enumerate() if t.name.startswith("lessmore-dicom")]
+
+
+def test_ordered_map_runs_at_most_twice_the_threads_ahead():
+    import threading
+
+    started = []
+    lock = threading.Lock()
+
+    def work(item):
+        with lock:
+            started.append(item)
+        return item * 2
+
+    results = dicom._ordered_map(work, list(range(50)), 3)
+    assert next(results) == 0
+    assert len(started) <= 2 * 3 + 1  # nothing is decoded far ahead of the consumer
+    assert list(results) == [2 * i for i in range(1, 50)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_num_threads_is_an_error(tmp_path, rng, bad):
+    write_series(tmp_path, random_volume(rng, (2, 4, 4)))
+    with pytest.raises(ValueError, match="num_threads must be a positive integer"):
+        load_volume(tmp_path, num_threads=bad)
+
+
+def test_auto_threads_are_bounded_and_give_the_same_volume(tmp_path, rng):
+    assert 1 <= dicom.auto_dicom_threads() <= dicom.MAX_DICOM_THREADS
+    stack = random_volume(rng, (5, 4, 4))
+    write_series(tmp_path, stack)
+    np.testing.assert_array_equal(load_volume(tmp_path, num_threads=None).array, stack)
+
+
+@pytest.mark.parametrize(
+    "pixel_dtype, slope, intercept, offset",
+    [(np.uint16, 1.0, -1024.0, -1024), (np.int16, 1.0, 0.0, 0), (np.int16, 0.5, -1000.25, None),
+     (np.uint16, None, None, 0)],
+)
+def test_lazy_series_keeps_the_stored_pixels(tmp_path, rng, pixel_dtype, slope, intercept, offset):
+    from monai_lessmore.io.volume import LazyVolume
+    from monai_lessmore.reduction import SliceReducer
+    from monai_lessmore.reduction.preprocess import StoredStack, to_uint8
+
+    low = 0 if pixel_dtype == np.uint16 else -1024
+    stack = rng.integers(low, low + 3000, (7, 9, 8)).astype(pixel_dtype)
+    stack[2] = 40  # a constant slice
+    write_series(tmp_path, stack, slope=slope, intercept=intercept)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no rescale tags: warned (tested elsewhere)
+        eager, lazy = load_volume(tmp_path), load_volume(tmp_path, lazy=True, num_threads=2)
+    # the HU of every file as before: stored * slope + intercept in float64, then float32
+    expected = (stack.astype(np.float64) * (slope or 1.0) + (intercept or 0.0)).astype(np.float32)
+    np.testing.assert_array_equal(eager.array, expected)
+    assert isinstance(lazy, LazyVolume) and isinstance(lazy.slices(), StoredStack)
+    assert lazy.slices().raw.dtype == pixel_dtype and lazy.slices().offset == offset
+    np.testing.assert_array_equal(to_uint8(lazy.slices()), to_uint8(expected))
+    np.testing.assert_array_equal(to_uint8(lazy.slices(), window=(-900, 600)), to_uint8(expected, window=(-900, 600)))
+    a, b = SliceReducer().reduce(lazy.slices()), SliceReducer().reduce(expected)
+    assert a.kept.tolist() == b.kept.tolist() and a.hashes == b.hashes
+    np.testing.assert_array_equal(lazy.take([4, 0]), expected[[4, 0]])
+    np.testing.assert_array_equal(lazy.array, expected)
+    np.testing.assert_array_equal(lazy.meta.pop("affine"), eager.meta.pop("affine"))
+    assert lazy.meta == eager.meta and lazy.slice_sources == eager.slice_sources
+
+
+@pytest.mark.parametrize("change", ["rescale", "dtype"])
+def test_series_whose_files_differ_is_read_per_file_as_float32(tmp_path, rng, change):
+    """RescaleSlope/Intercept (or the stored dtype) changing from file to file: HU per file, as float32."""
+    stack = rng.integers(0, 3000, (6, 5, 5))
+    slopes = [1.0, 1.0, 1.0, 0.5, 2.0, 1.0]
+    dtypes = [np.uint16] * 3 + [np.int16] * 3 if change == "dtype" else [np.uint16] * 6
+    for k in range(6):
+        write_dicom(tmp_path / f"s{k}.dcm", stack[k].astype(dtypes[k]), position=(0, 0, 2.0 * k), instance=k + 1,
+                    slope=slopes[k] if change == "rescale" else 1.0, intercept=-1024.0)
+    expected = np.stack([(stack[k].astype(np.float64) * (slopes[k] if change == "rescale" else 1.0) - 1024)
+                         for k in range(6)]).astype(np.float32)
+    for threads in (1, 3):
+        vol = load_volume(tmp_path, lazy=True, num_threads=threads)
+        assert not hasattr(vol, "stack")  # a plain float32 volume
+        np.testing.assert_array_equal(vol.array, expected)
+
+
+@pytest.mark.realdata
+def test_real_pancreas_lazy_and_threaded_equal_the_eager_volume(pancreas):
+    lazy = load_volume(pancreas.source, lazy=True, num_threads=2)  # the fixture decoded one file at a time
+    assert lazy.slices().raw.dtype == np.uint16 and lazy.slices().offset == -1000  # RescaleIntercept -1000
+    from monai_lessmore.reduction import SliceReducer
+
+    a, b = SliceReducer().reduce(lazy.slices()), SliceReducer().reduce(pancreas.array)
+    assert a.kept.tolist() == b.kept.tolist() and a.hashes == b.hashes
+    np.testing.assert_array_equal(lazy.array, pancreas.array)

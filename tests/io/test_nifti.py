@@ -209,6 +209,20 @@ def test_lazy_volume_equals_nibabel_and_renders_the_same(tmp_path, rng, orient, 
     assert lazy.array.dtype == np.float32 and lazy.array.flags.c_contiguous
 
 
+def test_intercept_too_large_for_float32_renders_like_the_eager_array(tmp_path, rng):
+    """With an intercept near 2**24, ``raw + intercept`` rounds in float32: the stored integers must not be rendered
+    as if it did not (the eager float32 array is what the reduction sees)."""
+    from monai_lessmore.reduction.preprocess import to_uint8
+
+    img = nib.Nifti1Image(rng.integers(-1000, 1000, (16, 16, 3)).astype(np.int16), np.eye(4))
+    img.header.set_slope_inter(1.0, float(2**24))
+    path = tmp_path / "far.nii"
+    nib.save(img, str(path))
+    lazy = load_nifti(path, lazy=True)
+    assert lazy.slices().offset is None  # rendered from its float32 values instead
+    np.testing.assert_array_equal(to_uint8(lazy.slices()), to_uint8(load_nifti(path).array))
+
+
 def test_stored_reading_without_isal_gives_the_same_bytes(tmp_path, rng, monkeypatch):
     """ISA-L's gzip and the standard library's give the same voxels; without isal the standard library is used."""
     import builtins
