@@ -134,7 +134,7 @@ def _export_png(out_dir: Path, name: str, u8: Any, kept: Iterable[int]) -> None:
 def _export_nifti(out_dir: Path, name: str, vol: Any, kept: np.ndarray) -> None:
     import nibabel as nib
 
-    data = vol.array[kept]  # (K, H, W) in the LPS view: rows anterior->posterior, columns right->left
+    data = vol.take(kept)  # (K, H, W) in the LPS view: rows anterior->posterior, columns right->left
     # stored as (W, H, K) so that the voxel axes run towards patient left, posterior, superior. The kept slices are
     # no longer evenly spaced: the header keeps the original spacing, the original positions are in the manifest.
     spacing = vol.meta.get("spacing") or (1.0, 1.0, 1.0)
