@@ -145,8 +145,9 @@ def write_phantom_classification(
 
     Class 0: axial slices of the lower part of the body (bottom 40 % of the body axis: pelvis, bowel, kidneys);
     class 1: the upper part (top 40 %: lungs and heart). The slices are min-max rendered to 8 bit per slice (as the
-    authors' exported PNGs) and resized to ``size`` x ``size``; classes are balanced in every split and the splits
-    come from different volumes' slices in turn, so no slice appears twice. Use it where a real labelled set is not
+    authors' exported PNGs) and resized to ``size`` x ``size``; classes are balanced in every split, drawn without
+    replacement from one shuffled pool of all volumes' slices (so no slice appears twice, but neighbouring slices of
+    one volume may fall into different splits). Use it where a real labelled set is not
     at hand (the tiny experiment preset, tests); it is far easier than any clinical task.
 
     Args:

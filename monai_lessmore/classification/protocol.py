@@ -365,7 +365,12 @@ class FineTuneProtocol:
         if self.verify_images:
             seen = {id(d): d for r in plan for part in ("train", "val", "test") for d in r[part]}
             check_images(list(seen.values()))
-        runs = [self.run_one(r, i, len(plan)) for i, r in enumerate(plan)]
+        runs = []
+        for i, r in enumerate(plan):
+            runs.append(self.run_one(r, i, len(plan)))
+            if self.protocol == "kfold":  # the next fold has other items: its caches are its own
+                self._caches.clear()
+        self._caches.clear()
         description = (f"{plural(self.num_runs, 'run')}, fixed split" if self.protocol == "runs"
                        else f"{self.num_folds}-fold stratified CV")
         results = {

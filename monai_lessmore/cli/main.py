@@ -358,7 +358,7 @@ def _run_experiment(ns: argparse.Namespace) -> int:
         recipe = load_experiment(ns.recipe, data_root=ns.data_root)
         output = ns.output or f"lessmore_experiment_{recipe['name']}"
         names = [n.strip() for n in ns.reductions.split(",") if n.strip()] if ns.reductions else None
-        runner = ExperimentRunner(recipe, output, reductions=names)
+        runner = ExperimentRunner(recipe, output, reductions=names, check_paths=not ns.dry_run)
         if ns.dry_run:
             runner.describe()
             return 0

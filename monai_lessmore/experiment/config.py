@@ -3,22 +3,23 @@
 A recipe names the pre-training data, the SSL method and its bundle overrides, the reductions to compare and the
 downstream tasks with their overrides of the classification bundle::
 
-    name: cpu-small
-    data_root: ../shared/data             # ${data_root} in any string below; --data-root overrides it
+    name: my-run
+    data_root: /data                      # ${data_root} in any string below; --data-root replaces it
     seed: 0
     pretrain:
       data: ${data_root}/ct               # folder of CT volumes (recursive), or {generate: phantom, ...}
       method: swav                        # swav | moco | spark
-      overrides: {max_epochs: 10, input_size: 96, ...}   # keys of lessmore_ssl_pretrain/configs/train.json
+      overrides: {max_epochs: 100}        # keys of lessmore_ssl_pretrain/configs/train.json
     reductions:
       - {name: ALL, config: {method: none}}
       - {name: HASH-6, config: hash6}     # a preset of configs/reduction, a file, or reducer arguments
     downstream:
-      baseline: true                      # the from-scratch row first, as the paper's Table 3
+      baseline: true                      # the random-initialisation row first, as the paper's Table 3
       tasks:
         - name: COVID-CT
-          overrides: {dataset: covid_ct, data_root: ${data_root}/covid_ct, num_runs: 3, max_epochs: 8}
+          overrides: {dataset: covid_ct, data_root: "${data_root}/covid_ct", num_runs: 5}
 
+Relative paths are relative to the folder the command runs in (not to the recipe file).
 Shipped presets live in ``configs/experiments`` (``tiny``, ``cpu-small``, ``paper``); :func:`load_experiment`
 accepts a preset name or a file. Unknown keys, a bad method, duplicate names or a reduction config that is not
 a valid preset are reported with the file and the key, before anything runs.
@@ -95,7 +96,7 @@ def _substitute(value: Any, variables: Mapping[str, str], source: str) -> Any:
     if isinstance(value, str):
         def repl(m: re.Match) -> str:
             if m.group(1) not in variables:
-                raise ExperimentError(f"{source}: unknown placeholder ${{{m.group(1)}}}; known: {sorted(variables)}")
+                raise ExperimentError(f"{source}: unknown placeholder ${{{m.group(1)}}}; known: ['data_root']")
             return variables[m.group(1)]
 
         return _PLACEHOLDER.sub(repl, value)
@@ -141,10 +142,21 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
     cfg = _check_keys("the recipe", raw, _TOP, source)
     if data_root is not None:
         cfg["data_root"] = data_root
-    variables = {"data_root": str(cfg.get("data_root") or ".")}
-    cfg = _substitute(cfg, variables, source)
+    variables = {} if cfg.get("data_root") is None else {"data_root": str(cfg["data_root"])}
+    try:
+        cfg = _substitute(cfg, variables, source)
+    except ExperimentError as err:
+        if "${data_root}" in str(err):
+            raise ExperimentError(f"{source} uses ${{data_root}}: give --data-root DIR (the folder holding its data)"
+                                  ) from None
+        raise
     cfg["source"] = source
-    cfg.setdefault("name", Path(source).stem)
+    cfg["name"] = str(cfg.get("name") or Path(source).stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cfg["name"]):
+        raise ExperimentError(f"{source}: name must be a short name of letters, digits, '.', '_', '+', '-' (it names "
+                              f"the default output folder), got {cfg['name']!r}")
+    if isinstance(cfg.get("seed", 0), bool) or not isinstance(cfg.get("seed", 0), int):
+        raise ExperimentError(f"{source}: seed must be an integer, got {cfg.get('seed')!r}")
     cfg["seed"] = int(cfg.get("seed", 0))
 
     pre = _check_keys("pretrain", cfg.get("pretrain", {}), _PRETRAIN, source)
@@ -186,7 +198,9 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
     cfg["reductions"] = resolved
 
     down = _check_keys("downstream", cfg.get("downstream") or {}, _DOWNSTREAM, source)
-    down["baseline"] = bool(down.get("baseline", True))
+    if not isinstance(down.get("baseline", True), bool):
+        raise ExperimentError(f"{source}: downstream.baseline must be true or false, got {down['baseline']!r}")
+    down["baseline"] = down.get("baseline", True)
     down["overrides"] = dict(down.get("overrides") or {})
     tasks = down.get("tasks") or []
     if not isinstance(tasks, list):

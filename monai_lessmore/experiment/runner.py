@@ -19,11 +19,15 @@ Every stage writes ``stage.json`` (its settings, then its figures when done). A 
 same settings is skipped, so a killed or failed experiment is resumed by running the same command again: the
 pre-training resumes from its last checkpoint (the bundle's ``resume: auto``). A stage whose recorded settings differ
 from the recipe's is refused with the keys that changed -- delete its folder to recompute it. A failing stage is
-reported and the experiment goes on with what does not depend on it; the exit status is then 1.
+reported (``stage.json`` says ``failed`` with the error and traceback) and the experiment goes on with what does
+not depend on it; the exit status is then 1. Options that do not change a stage's result (progress bars, workers,
+device, caching, logging, checkpoint interval) are recorded but not compared. ``OUTPUT/.lessmore-experiment.lock``
+keeps a second command from running into the same folder at the same time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -33,7 +37,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,18 @@ logger = logging.getLogger(__name__)
 
 #: name of the from-scratch (random initialisation) row and folder
 SCRATCH = "scratch"
+#: bundle keys that change how a stage runs but not its result: recorded, not compared when resuming
+NON_RESULT_KEYS = frozenset({"progress_bar", "num_workers", "device", "cache_rate", "log_every", "tensorboard",
+                             "save_interval", "amp"})
+#: bundle keys that the runner sets itself; a recipe that sets them is refused
+RESERVED = {
+    "pretrain": frozenset({"bundle_root", "dataset_dir", "output_dir", "export_path", "export_name", "reduction",
+                           "reduction_method", "reduction_threshold", "reduction_cache_dir", "slice_store_dir",
+                           "reduction_duplicates", "seed", "resume", "method"}),
+    "downstream": frozenset({"bundle_root", "output_dir", "seed", "pretrained_encoder", "pretrained_bundle"}),
+}
+_PATH_KEYS = ("data_root", "npz_file", "csv_file")
+_LOCK = ".lessmore-experiment.lock"
 
 
 class StageFailed(RuntimeError):
@@ -65,6 +81,14 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(value)"]
 
 
+def _result_settings(settings: Any) -> Any:
+    """``settings`` without :data:`NON_RESULT_KEYS` in any ``overrides`` mapping (what resuming compares)."""
+    if isinstance(settings, dict):
+        return {k: ({o: v for o, v in val.items() if o not in NON_RESULT_KEYS} if k == "overrides" and
+                    isinstance(val, dict) else _result_settings(val)) for k, val in settings.items()}
+    return settings
+
+
 def _bundle_keys(files: Sequence[Path]) -> set[str]:
     keys: set[str] = set()
     for f in files:
@@ -72,8 +96,15 @@ def _bundle_keys(files: Sequence[Path]) -> set[str]:
     return keys
 
 
-def _check_overrides(where: str, overrides: dict[str, Any], files: Sequence[Path], source: str) -> None:
-    """A misspelt override would silently add an unused key to the bundle config: refuse it, naming the key."""
+def _check_overrides(where: str, overrides: dict[str, Any], files: Sequence[Path], source: str,
+                     reserved: frozenset[str]) -> None:
+    """A misspelt override would silently add an unused key to the bundle config, and one of the keys the runner
+    sets would break resuming or the baseline: refuse both, naming the key."""
+    taken = sorted(k for k in overrides if str(k).split("#")[0] in reserved)
+    if taken:
+        raise ExperimentError(f"{source}: {where} sets {taken}, which the experiment sets itself (data, output "
+                              "folders, reduction, seed and initialisation come from the recipe's pretrain.data, "
+                              "reductions, seed and the stage); remove them")
     known = _bundle_keys(files)
     unknown = sorted(k for k in overrides if str(k).split("#")[0] not in known)
     if unknown:
@@ -87,8 +118,13 @@ class ExperimentRunner:
     Args:
         recipe: the resolved recipe.
         output_dir: the experiment folder (created; an existing one is resumed).
-        reductions: run only these reductions (names of the recipe); default all.
+        reductions: run only these reductions (names of the recipe); default all. The tables still show every
+            reduction of the recipe whose stages are done.
         log: where progress lines go (one line per stage start, skip and end).
+        check_paths: raise when data paths of the recipe do not exist (``False`` for ``--dry-run``, which lists them).
+
+    Raises:
+        ExperimentError: bad overrides, unknown reductions, missing data.
     """
 
     def __init__(
@@ -98,17 +134,18 @@ class ExperimentRunner:
         *,
         reductions: Sequence[str] | None = None,
         log: Callable[[str], None] | None = None,
+        check_paths: bool = True,
     ) -> None:
         from monai_lessmore.resources import bundle_template
 
         self.recipe = recipe
-        self.out = Path(output_dir)
+        self.out = Path(output_dir).resolve()  # records never hold a path relative to where the command ran
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         names = [r["name"] for r in recipe["reductions"]]
         if reductions:
             unknown = sorted(set(reductions) - set(names))
             if unknown:
-                raise ExperimentError(f"unknown reductions {unknown}; the recipe has {names}")
+                raise ExperimentError(f"--reductions: unknown reductions {unknown}; the recipe has {names}")
         self.reductions = [r for r in recipe["reductions"] if not reductions or r["name"] in reductions]
         self.pretrain_bundle = bundle_template("lessmore_ssl_pretrain")
         self.class_bundle = bundle_template("lessmore_classification")
@@ -117,48 +154,76 @@ class ExperimentRunner:
             self.pretrain_bundle / "configs" / f for f in METHODS[method]
         ]
         self.class_files = [self.class_bundle / "configs" / "train.json"]
-        _check_overrides("pretrain.overrides", recipe["pretrain"]["overrides"], self.pretrain_files, recipe["source"])
+        _check_overrides("pretrain.overrides", recipe["pretrain"]["overrides"], self.pretrain_files, recipe["source"],
+                         RESERVED["pretrain"])
         for task in recipe["downstream"]["tasks"]:
             _check_overrides(f"downstream task {task['name']} overrides", task["overrides"], self.class_files,
-                             recipe["source"])
-        self._check_paths()
+                             recipe["source"], RESERVED["downstream"])
+            if "data" in task and any(k in task["overrides"] for k in ("dataset", *_PATH_KEYS)):
+                raise ExperimentError(f"{recipe['source']}: task {task['name']} has both data (a generated set) and "
+                                      "dataset/data_root/npz_file/csv_file overrides; keep one")
+        self.missing = self._missing_paths()
+        if self.missing and check_paths:
+            raise ExperimentError(self._missing_message())
         self.failures: list[dict[str, str]] = []
 
-    def _check_paths(self) -> None:
-        """Missing data fail before anything runs, naming the recipe key and ``--data-root``."""
-        source, missing = self.recipe["source"], []
+    def _missing_paths(self) -> list[str]:
+        missing = []
         data = self.recipe["pretrain"]["data"]
         if isinstance(data, str) and not Path(data).exists():
             missing.append(f"pretrain.data {data}")
         for task in self.recipe["downstream"]["tasks"]:
-            for key in ("data_root", "npz_file", "csv_file"):
+            for key in _PATH_KEYS:
                 value = task["overrides"].get(key)
                 if isinstance(value, str) and not Path(value).exists():
                     missing.append(f"task {task['name']} {key} {value}")
-        if missing:
-            raise ExperimentError(f"{source}: not found: {'; '.join(missing)}. Give --data-root DIR (the folder that "
-                                  f"${{data_root}} stands for, now {self.recipe.get('data_root')!r}) or fix the paths")
+        return missing
+
+    def _missing_message(self) -> str:
+        return (f"{self.recipe['source']}: not found: {'; '.join(self.missing)}. Give --data-root DIR (the folder "
+                f"that ${{data_root}} stands for, now {self.recipe.get('data_root')!r}) or fix the paths")
+
+    def _task_overrides(self, task: dict[str, Any]) -> dict[str, Any]:
+        """The task's overrides with its data paths made absolute (relative paths: from the current folder)."""
+        out = dict(task["overrides"])
+        for key in _PATH_KEYS:
+            if isinstance(out.get(key), str):
+                out[key] = str(Path(out[key]).resolve())
+        return out
 
     # ---------------------------------------------------------------- stages
-    def _stage(self, folder: Path, settings: dict[str, Any], work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``work`` once for ``settings``: skipped when ``folder/stage.json`` says done with these settings."""
+    def _stage(self, folder: Path, settings: dict[str, Any], work: Callable[[], dict[str, Any]], *,
+               resumable: bool = False) -> dict[str, Any]:
+        """Run ``work`` once for ``settings``: skipped when ``folder/stage.json`` says done with these settings.
+
+        Args:
+            folder: the stage's folder; ``stage.json`` records its state.
+            settings: what the result depends on (plus :data:`NON_RESULT_KEYS` options, recorded, not compared).
+            work: computes the stage; returns the figures to record.
+            resumable: the stage resumes work left in ``folder`` (the pre-training's checkpoint), so an unfinished
+                run with other settings is refused; other unfinished stages start over.
+
+        Raises:
+            ExperimentError: ``folder`` holds a done (or resumable, unfinished) stage with other settings.
+            StageFailed: ``work`` raised; recorded in ``stage.json`` and :attr:`failures`.
+        """
         record_file = folder / "stage.json"
         settings = _jsonable(settings)
-        label = str(folder.relative_to(self.out))
-        if record_file.is_file():
-            try:
-                record = json.loads(record_file.read_text(encoding="utf-8"))
-            except ValueError:
-                record = {}
-            if record.get("settings") != settings and "settings" in record:
-                changed = _changed_keys(record["settings"], settings)
-                raise ExperimentError(
-                    f"{label} was computed with other settings (changed: {', '.join(changed)}); delete {folder} to "
-                    f"recompute it, or run the experiment into another --output folder"
-                )
-            if record.get("status") == "done":
+        label = folder.relative_to(self.out).as_posix()
+        record = self._record(folder)
+        if record is not None and "settings" in record:
+            same = _result_settings(record["settings"]) == _result_settings(settings)
+            done = record.get("status") == "done"
+            if done and same:
                 self.log(f"[{label}] done before, skipped")
                 return record
+            if not same and (done or resumable):
+                changed = _changed_keys(_result_settings(record["settings"]), _result_settings(settings))
+                what = "was computed" if done else "was started (its checkpoint would be resumed)"
+                raise ExperimentError(
+                    f"{label} {what} with other settings (changed: {', '.join(changed)}); delete {folder} to "
+                    f"recompute it, or run the experiment into another --output folder"
+                )
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(folder, recursive=True)
         atomic_write_json(record_file, {"status": "running", "settings": settings})
@@ -172,9 +237,11 @@ class ExperimentRunner:
             from monai_lessmore.utils.logging import config_error_cause
 
             cause = config_error_cause(exc)  # not MONAI's "Failed to evaluate ConfigExpression" wrapper
-            self.failures.append({"stage": label, "error": f"{type(cause).__name__}: {cause}"})
-            self.log(f"[{label}] FAILED: {type(cause).__name__}: {cause}")
-            logger.debug("stage %s failed:\n%s", label, traceback.format_exc())
+            error = f"{type(cause).__name__}: {cause}"
+            self.failures.append({"stage": label, "error": error})
+            self.log(f"[{label}] FAILED: {error}")
+            atomic_write_json(record_file, {"status": "failed", "settings": settings, "error": error,
+                                            "traceback": traceback.format_exc()})
             raise StageFailed(label) from exc
         record = {"status": "done", "settings": settings, "stage_seconds": time.perf_counter() - t0,
                   "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **figures}
@@ -182,31 +249,66 @@ class ExperimentRunner:
         self.log(f"[{label}] done in {record['stage_seconds']:.1f} s")
         return record
 
+    @staticmethod
+    def _record(folder: Path) -> dict[str, Any] | None:
+        try:
+            record = json.loads((folder / "stage.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _done(self, folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The record of a stage done with ``settings`` (for reductions not run by this command), else ``None``."""
+        record = self._record(folder)
+        if (record is None or record.get("status") != "done"
+                or _result_settings(record.get("settings")) != _result_settings(_jsonable(settings))):
+            return None
+        return record
+
     def _generated(self, spec: dict[str, Any], name: str) -> str:
         """Write a built-in dataset once (``data/<name>``) and return its path."""
         from monai_lessmore import phantom
 
         kind = spec["generate"]
-        args = {k: v for k, v in spec.items() if k != "generate"}
         folder = self.out / "data" / name
+        if kind == "phantom":
+            args = {"volumes": 3, "slices": [40, 60], "size": 64, "seed": self.recipe["seed"]}
+            path = folder / "volumes"
+        else:
+            args = {"per_split": [32, 16, 32], "size": 32, "seed": 1000 + self.recipe["seed"]}
+            path = folder / "phantom_regions.npz"
+        args.update({k: v for k, v in spec.items() if k != "generate"})  # the effective arguments are the settings
 
         def work() -> dict[str, Any]:
             if kind == "phantom":
-                target = folder / "volumes"
-                if target.exists():
-                    shutil.rmtree(target)
-                slices = tuple(args.get("slices", (40, 60)))
-                paths = phantom.write_phantom_dataset(target, n_volumes=int(args.get("volumes", 3)),
-                                                      slices=slices, size=int(args.get("size", 64)),
-                                                      seed=int(args.get("seed", self.recipe["seed"])))
-                return {"path": str(target), "files": len(paths)}
-            path = phantom.write_phantom_classification(
-                folder / "phantom_regions.npz", per_split=tuple(args.get("per_split", (32, 16, 32))),
-                size=int(args.get("size", 32)), seed=int(args.get("seed", 1000 + self.recipe["seed"])),
-            )
-            return {"path": str(path)}
+                if path.exists():
+                    shutil.rmtree(path)
+                files = phantom.write_phantom_dataset(path, n_volumes=int(args["volumes"]), slices=tuple(args["slices"]),
+                                                      size=int(args["size"]), seed=int(args["seed"]))
+                return {"files": len(files)}
+            phantom.write_phantom_classification(path, per_split=tuple(args["per_split"]), size=int(args["size"]),
+                                                 seed=int(args["seed"]))
+            return {}
 
-        return self._stage(folder, {"generate": kind, **args}, work)["path"]
+        self._stage(folder, {"generate": kind, **args}, work)
+        return str(path)
+
+    # -- the settings of each stage: what its result depends on
+    def _reduce_settings(self, red: dict[str, Any], data: str) -> dict[str, Any]:
+        return {"data": data, "reducer": red["reducer"]}
+
+    def _pretrain_settings(self, red: dict[str, Any], data: str) -> dict[str, Any]:
+        pre = self.recipe["pretrain"]
+        return {"method": pre["method"], "data": data, "reducer": red["reducer"], "overrides": pre["overrides"],
+                "seed": self.recipe["seed"]}
+
+    def _downstream_settings(self, task: dict[str, Any], encoder: dict[str, Any] | None,
+                             data: str | None) -> dict[str, Any]:
+        overrides = self._task_overrides(task)
+        if data is not None:
+            overrides.update({"dataset": "medmnist", "npz_file": data})
+        return {"task": task["name"], "overrides": overrides, "seed": self.recipe["seed"],
+                "encoder_sha256": None if encoder is None else encoder["encoder_sha256"]}
 
     def _reduce(self, red: dict[str, Any], data: str) -> dict[str, Any]:
         folder = self.out / "reduce" / red["name"]
@@ -223,14 +325,15 @@ class ExperimentRunner:
             items = filt([{"image": str(v)} for v in volumes])
             seconds = time.perf_counter() - t0
             n_slices = sum(int(r.get("n_slices", 0)) for r in filt.records)
-            if filt.failures:
-                for f in filt.failures:
-                    self.log(f"[reduce/{red['name']}] skipped {f['source']}: {f['error']}")
+            for f in filt.failures:
+                self.log(f"[reduce/{red['name']}] skipped {f['source']}: {f['error']}")
+            if not items:
+                raise ValueError(f"no slice of {data} was kept ({len(volumes)} volumes found, {len(filt.failures)} "
+                                 f"unreadable, {n_slices} slices read)")
             return {"n_volumes": len(filt.records), "n_slices": n_slices, "n_kept": len(items),
-                    "kept_fraction": len(items) / n_slices if n_slices else None, "reduce_seconds": seconds,
-                    "failures": filt.failures}
+                    "kept_fraction": len(items) / n_slices, "reduce_seconds": seconds, "failures": filt.failures}
 
-        return self._stage(folder, {"data": data, "reducer": red["reducer"]}, work)
+        return self._stage(folder, self._reduce_settings(red, data), work)
 
     def _filter_args(self, red: dict[str, Any]) -> dict[str, Any]:
         folder = self.out / "reduce" / red["name"]
@@ -238,6 +341,7 @@ class ExperimentRunner:
                 "on_error": "skip"}
 
     def _pretrain(self, red: dict[str, Any], data: str) -> dict[str, Any]:
+        from ignite.engine import Events
         from monai.bundle import ConfigWorkflow
 
         pre = self.recipe["pretrain"]
@@ -249,53 +353,60 @@ class ExperimentRunner:
             "reduction": {"_target_": "monai_lessmore.data.SliceReductionFilter", **self._filter_args(red)},
             **pre["overrides"],
         }
-        settings = {"method": pre["method"], "data": data, "reducer": red["reducer"], "overrides": pre["overrides"],
-                    "seed": self.recipe["seed"]}
 
         def work() -> dict[str, Any]:
-            history = run_dir / "loss_history.json"
-            start_epoch = json.loads(history.read_text())["epoch"] if history.is_file() else 0
             wf = ConfigWorkflow(config_file=[str(f) for f in self.pretrain_files], run_id="training",
                                 logging_file=False, workflow_type=None, **overrides)
             wf.initialize()
             n_items = len(wf.parser.get_parsed_content("datalist"))
-            t0 = time.perf_counter()
-            wf.run()
-            seconds = time.perf_counter() - t0
             trainer = wf.parser.get_parsed_content("trainer")
+            clock: dict[str, Any] = {"start_epoch": None, "seconds": 0.0, "epochs": 0, "t": 0.0}
+
+            def started(engine: Any) -> None:  # after the resume handler: state.epoch is the epoch now running
+                if clock["start_epoch"] is None:
+                    clock["start_epoch"] = engine.state.epoch - 1
+                clock["t"] = time.perf_counter()
+
+            def completed(engine: Any) -> None:
+                clock["seconds"] += time.perf_counter() - clock["t"]
+                clock["epochs"] += 1
+
+            trainer.add_event_handler(Events.EPOCH_STARTED, started)
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, completed)
+            wf.run()
             epochs = int(trainer.state.epoch)
             if not encoder.is_file():
                 raise RuntimeError(f"the pre-training ended without exporting {encoder}; see its log above")
-            ran = epochs - start_epoch
-            per_epoch = seconds / ran if ran > 0 else None
             wf.finalize()
+            per_epoch = clock["seconds"] / clock["epochs"] if clock["epochs"] else None
+            start = epochs if clock["start_epoch"] is None else clock["start_epoch"]
             return {
                 "n_train_slices": n_items, "epochs": epochs, "iterations": int(trainer.state.iteration),
-                "resumed_from_epoch": start_epoch, "train_seconds_this_run": seconds,
-                "seconds_per_epoch": per_epoch,
-                # resumed runs: the epochs before the kill are counted at this run's rate
+                "resumed_from_epoch": start, "epochs_this_run": clock["epochs"],
+                "train_seconds_this_run": clock["seconds"], "seconds_per_epoch": per_epoch,
+                # the training loop's time (epochs only); a resumed run counts the epochs before it at its own rate
                 "pretrain_seconds": None if per_epoch is None else per_epoch * epochs,
                 "final_loss": (getattr(trainer.state, "loss_history", None) or [None])[-1],
-                "encoder": str(encoder), "encoder_sha256": file_hash(encoder),
+                "encoder_sha256": file_hash(encoder),
             }
 
-        return self._stage(folder, settings, work)
+        record = self._stage(folder, self._pretrain_settings(red, data), work, resumable=True)
+        return {**record, "encoder": str(encoder)}  # from this folder, wherever the experiment was run from
 
-    def _downstream(self, task: dict[str, Any], init: str, encoder: dict[str, Any] | None, data: str | None) -> dict[str, Any]:
+    def _downstream(self, task: dict[str, Any], init: str, encoder: dict[str, Any] | None,
+                    data: str | None) -> dict[str, Any]:
         from monai.bundle import ConfigWorkflow
 
         folder = self.out / "downstream" / task["name"] / init
-        task_overrides = dict(task["overrides"])
-        if data is not None:
-            task_overrides.update({"dataset": "medmnist", "npz_file": data})
+        settings = self._downstream_settings(task, encoder, data)
         overrides = {"bundle_root": str(self.class_bundle), "output_dir": str(folder / "protocol"),
-                     "seed": self.recipe["seed"], **task_overrides}
+                     "seed": self.recipe["seed"], **settings["overrides"]}
         if encoder is not None:
             overrides["pretrained_encoder"] = encoder["encoder"]
-        settings = {"task": task["name"], "overrides": task_overrides, "seed": self.recipe["seed"],
-                    "encoder_sha256": None if encoder is None else encoder["encoder_sha256"]}
 
         def work() -> dict[str, Any]:
+            if (folder / "protocol").exists():  # an unfinished earlier attempt: start over, no mixed files
+                shutil.rmtree(folder / "protocol")
             wf = ConfigWorkflow(config_file=[str(f) for f in self.class_files], run_id="training",
                                 logging_file=False, workflow_type=None, **overrides)
             wf.initialize()
@@ -309,10 +420,22 @@ class ExperimentRunner:
 
     # ---------------------------------------------------------------- the whole experiment
     def run(self) -> dict[str, Any]:
-        """Run every stage not done yet, then write the tables and the plot; returns the collected results."""
+        """Run every stage not done yet, then write the tables and the plot.
+
+        Returns:
+            ``{"rows": [...], "failures": [...], "written": [paths]}``: one row per pre-training (the baseline
+            first) with its stage records, the failed stages, the files written.
+
+        Raises:
+            ExperimentError: a stage's folder holds a result for other settings, or another command runs into
+                the same folder.
+        """
+        with self._lock():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         from monai_lessmore.experiment.tables import write_results
 
-        self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / "experiment.json", _jsonable({
             "recipe": self.recipe, "reductions_run": [r["name"] for r in self.reductions],
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -327,38 +450,82 @@ class ExperimentRunner:
         if data is None:  # nothing can run without the pre-training data
             return {"rows": [], "failures": self.failures,
                     "written": write_results(self.out, self.recipe, [], self.failures)}
-        failed_data = {t["name"] for t in tasks if "data" in t and task_data[t["name"]] is None}
-        tasks = [t for t in tasks if t["name"] not in failed_data]
+        tasks = [t for t in tasks if "data" not in t or task_data[t["name"]] is not None]
         rows: list[dict[str, Any]] = []
         if self.recipe["downstream"]["baseline"] and tasks:
             rows.append({"name": SCRATCH, "baseline": True, "reduction": None, "pretrain": None,
                          "tasks": {t["name"]: self._try(self._downstream, t, SCRATCH, None, task_data[t["name"]])
                                    for t in tasks}})
-        for red in self.reductions:
-            row: dict[str, Any] = {"name": red["name"], "reduction": self._try(self._reduce, red, data), "tasks": {}}
-            row["pretrain"] = self._try(self._pretrain, red, data) if row["reduction"] else None
-            for t in tasks:
-                row["tasks"][t["name"]] = (self._try(self._downstream, t, red["name"], row["pretrain"],
-                                                     task_data[t["name"]]) if row["pretrain"] else None)
+        selected = {r["name"] for r in self.reductions}
+        for red in self.recipe["reductions"]:
+            if red["name"] in selected:
+                row: dict[str, Any] = {"name": red["name"], "reduction": self._try(self._reduce, red, data),
+                                       "tasks": {}}
+                row["pretrain"] = self._try(self._pretrain, red, data) if row["reduction"] else None
+                for t in tasks:
+                    row["tasks"][t["name"]] = (self._try(self._downstream, t, red["name"], row["pretrain"],
+                                                         task_data[t["name"]]) if row["pretrain"] else None)
+            else:
+                row = self._finished_row(red, data, tasks, task_data)
+                if row is None:
+                    continue
             rows.append(row)
         written = write_results(self.out, self.recipe, rows, self.failures)
         for path in written:
             self.log(f"wrote {path}")
         return {"rows": rows, "failures": self.failures, "written": written}
 
+    def _finished_row(self, red: dict[str, Any], data: str, tasks: Sequence[dict[str, Any]],
+                      task_data: dict[str, str | None]) -> dict[str, Any] | None:
+        """The row of a reduction not selected by ``--reductions``, from its stages done earlier (else ``None``)."""
+        reduction = self._done(self.out / "reduce" / red["name"], self._reduce_settings(red, data))
+        if reduction is None:
+            return None
+        pretrain = self._done(self.out / "pretrain" / red["name"], self._pretrain_settings(red, data))
+        if pretrain is not None:
+            pretrain = {**pretrain, "encoder": str(self.out / "pretrain" / red["name"] / "encoder.pt")}
+        row = {"name": red["name"], "reduction": reduction, "pretrain": pretrain, "tasks": {}, "not_run": True}
+        for t in tasks:
+            folder = self.out / "downstream" / t["name"] / red["name"]
+            row["tasks"][t["name"]] = None if pretrain is None else self._done(
+                folder, self._downstream_settings(t, pretrain, task_data[t["name"]]))
+        return row
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """``OUTPUT/.lessmore-experiment.lock`` held (``flock``) while the experiment runs; released however it ends."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        fh = open(self.out / _LOCK, "a+")
+        try:
+            try:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except (BlockingIOError, PermissionError):
+                raise ExperimentError(f"another lessmore experiment runs into {self.out} (it holds "
+                                      f"{self.out / _LOCK}); wait for it to end or use another --output") from None
+            except (OSError, ImportError):  # no flock on this platform or filesystem: run unlocked
+                pass
+            yield
+        finally:
+            fh.close()
+
     def stage_folders(self) -> list[Path]:
         """The stage folders of the experiment, in the order they run."""
-        tasks = [t["name"] for t in self.recipe["downstream"]["tasks"]]
+        tasks = self.recipe["downstream"]["tasks"]
         folders = []
+        if isinstance(self.recipe["pretrain"]["data"], dict):
+            folders.append(self.out / "data" / "pretrain")
+        folders += [self.out / "data" / t["name"] for t in tasks if "data" in t]
         if self.recipe["downstream"]["baseline"]:
-            folders += [self.out / "downstream" / t / SCRATCH for t in tasks]
+            folders += [self.out / "downstream" / t["name"] / SCRATCH for t in tasks]
         for red in self.reductions:
             folders += [self.out / "reduce" / red["name"], self.out / "pretrain" / red["name"]]
-            folders += [self.out / "downstream" / t / red["name"] for t in tasks]
+            folders += [self.out / "downstream" / t["name"] / red["name"] for t in tasks]
         return folders
 
     def describe(self) -> None:
-        """Print the recipe's reductions, tasks and the state of every stage (``--dry-run``)."""
+        """Print the recipe's reductions, tasks, missing data and the state of every stage (``--dry-run``)."""
         pre = self.recipe["pretrain"]
         self.log(f"experiment {self.recipe['name']} ({self.recipe['source']}) into {self.out}")
         self.log(f"pre-training: {pre['method']} on {pre['data']}, overrides {pre['overrides']}")
@@ -366,12 +533,12 @@ class ExperimentRunner:
             self.log(f"reduction {red['name']}: {red['reducer']}")
         for task in self.recipe["downstream"]["tasks"]:
             self.log(f"task {task['name']}: {task.get('data', '')} overrides {task['overrides']}")
+        if self.missing:
+            self.log(f"warning: {self._missing_message()}")
         for folder in self.stage_folders():
-            try:
-                state = json.loads((folder / "stage.json").read_text(encoding="utf-8")).get("status", "?")
-            except (OSError, ValueError):
-                state = "to run"
-            self.log(f"  {folder.relative_to(self.out)}: {state}")
+            record = self._record(folder)
+            state = "to run" if record is None else record.get("status", "?")
+            self.log(f"  {folder.relative_to(self.out).as_posix()}: {state}")
 
     def _try(self, stage: Callable[..., Any], *args: Any) -> Any:
         try:

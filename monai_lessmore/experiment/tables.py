@@ -20,7 +20,7 @@ from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_text
 __all__ = ["write_results", "results_rows", "results_markdown_table", "plot_auc_vs_kept"]
 
 _METRIC_TITLES = {"auc": "AUC", "f1": "F1", "accuracy": "Accuracy"}
-CSV_FIELDS = ("pretraining", "method", "kept_slices", "total_slices", "kept_fraction", "pretrain_epochs",
+CSV_FIELDS = ("pretraining", "ssl_method", "kept_slices", "total_slices", "kept_fraction", "pretrain_epochs",
               "pretrain_seconds", "speed_up_vs_first", "task", "metric", "mean", "std", "n", "values")
 
 
@@ -37,21 +37,27 @@ def _pretrain_seconds(row: dict[str, Any]) -> float | None:
     return (row.get("pretrain") or {}).get("pretrain_seconds")
 
 
-def _reference_seconds(rows: Sequence[dict[str, Any]]) -> float | None:
-    """Pre-training seconds of the first pre-trained row (ALL in the shipped recipes)."""
-    return next((_pretrain_seconds(r) for r in rows if r.get("pretrain")), None)
+def _reference(recipe: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of the recipe's first reduction (ALL in the shipped recipes): the reference of the speed-up."""
+    first = recipe["reductions"][0]["name"] if recipe.get("reductions") else None
+    return next((r for r in rows if not _is_baseline(r) and r["name"] == first), None)
+
+
+def _reference_seconds(recipe: dict[str, Any], rows: Sequence[dict[str, Any]]) -> float | None:
+    row = _reference(recipe, rows)
+    return None if row is None else _pretrain_seconds(row)
 
 
 def results_rows(recipe: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One CSV row per (pre-training, task, metric); the speed-up is against the first reduction (ALL)."""
-    reference = _reference_seconds(rows)
+    reference = _reference_seconds(recipe, rows)
     out = []
     for row in rows:
         kept, total, fraction = _kept(row)
         seconds = _pretrain_seconds(row)
         base = {
-            "pretraining": "none (from scratch)" if _is_baseline(row) else row["name"],
-            "method": recipe["pretrain"]["method"] if row.get("pretrain") else "",
+            "pretraining": "none (random init)" if _is_baseline(row) else row["name"],
+            "ssl_method": recipe["pretrain"]["method"] if row.get("pretrain") else "",
             "kept_slices": kept, "total_slices": total, "kept_fraction": fraction,
             "pretrain_epochs": (row.get("pretrain") or {}).get("epochs"), "pretrain_seconds": seconds,
             "speed_up_vs_first": reference / seconds if reference and seconds else None,
@@ -81,7 +87,8 @@ def results_markdown_table(recipe: dict[str, Any], rows: Sequence[dict[str, Any]
                            failures: Sequence[dict[str, str]] = ()) -> str:
     """The paper's layout: a row per pre-training, the baseline first; per task AUC, F1, accuracy (mean ± std)."""
     tasks = [t["name"] for t in recipe["downstream"]["tasks"]]
-    reference = _reference_seconds(rows)
+    reference = _reference_seconds(recipe, rows)
+    first = _reference(recipe, rows)
     head = ["Pre-training", "Kept slices", "Pre-training time"]
     head += [f"{t} {_METRIC_TITLES[m]}" for t in tasks for m in METRIC_NAMES]
     lines = [f"# Experiment {recipe['name']}", ""]
@@ -97,13 +104,17 @@ def results_markdown_table(recipe: dict[str, Any], rows: Sequence[dict[str, Any]
         kept, total, fraction = _kept(row)
         seconds = _pretrain_seconds(row)
         if scratch:
-            cells = ["none (from scratch)", "—", "—"]
+            cells = ["none (random init)", "—", "—"]
         else:
-            kept_text = "failed" if kept is None else f"{kept} of {total} ({100 * fraction:.1f} %)"
-            if seconds is None:
-                time_text = "failed" if row.get("reduction") else "—"
+            if kept is None:
+                kept_text = "failed"
             else:
-                first = next(r for r in rows if r.get("pretrain"))
+                kept_text = f"{kept} of {total}" + ("" if fraction is None else f" ({100 * fraction:.1f} %)")
+            if row.get("pretrain") is None:
+                time_text = "not run" if row.get("not_run") else ("failed" if row.get("reduction") else "—")
+            elif seconds is None:
+                time_text = "—"
+            else:
                 speed = f", {reference / seconds:.1f}x" if reference and row is not first else ""
                 time_text = _duration(seconds) + speed
             cells = [row["name"], kept_text, time_text]
@@ -113,6 +124,10 @@ def results_markdown_table(recipe: dict[str, Any], rows: Sequence[dict[str, Any]
                 m = summary.get(metric)
                 cells.append("—" if m is None else format_mean_std(m["mean"], m["std"]))
         lines.append("| " + " | ".join(cells) + " |")
+    skipped = [(row["name"], f) for row in rows for f in ((row.get("reduction") or {}).get("failures") or [])]
+    if skipped:
+        lines += ["", "Volumes the reduction could not read (left out of that pre-training):", ""]
+        lines += [f"- {name}: `{f['source']}`: {f['error']}" for name, f in skipped]
     if failures:
         lines += ["", "Failed stages (re-run the same command to retry them):", ""]
         lines += [f"- `{f['stage']}`: {f['error']}" for f in failures]
@@ -137,7 +152,7 @@ def plot_auc_vs_kept(recipe: dict[str, Any], rows: Sequence[dict[str, Any]], *, 
                 continue
             _, _, fraction = _kept(row)
             if _is_baseline(row):
-                ax.axhline(auc["mean"], color="gray", linestyle="--", label="from scratch")
+                ax.axhline(auc["mean"], color="gray", linestyle="--", label="random init")
                 continue
             if fraction is None:
                 continue

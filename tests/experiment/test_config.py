@@ -24,11 +24,12 @@ def _recipe(**changes):
 def test_shipped_presets_resolve():
     assert {"tiny", "cpu-small", "paper"} <= set(experiment_presets())
     for name in experiment_presets():
-        recipe = load_experiment(name)
+        recipe = load_experiment(name, data_root="/data")
         assert recipe["name"] == name
         assert [r["name"] for r in recipe["reductions"]][0] == "ALL"
         assert recipe["reductions"][0]["reducer"] == {"method": "none"}
-    paper = load_experiment("paper")
+    paper = load_experiment("paper", data_root="/data")
+    assert paper["pretrain"]["data"] == "/data/pretrain"
     assert {r["name"] for r in paper["reductions"]} == {"ALL", "EveryN-10", "HASH-3", "HASH-6", "HASH-12", "SSIM-10",
                                                         "MI-10", "DeepNet-10"}
     assert paper["pretrain"]["overrides"] == {"progress_bar": False}  # the bundle's defaults are the paper's
@@ -69,6 +70,22 @@ def test_a_recipe_file_is_read(tmp_path):
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key(changes, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(_recipe(**changes))
+
+
+def test_a_recipe_using_data_root_needs_one():
+    with pytest.raises(ExperimentError, match=r"uses \$\{data_root\}: give --data-root DIR"):
+        load_experiment("cpu-small")
+    assert load_experiment("tiny")["pretrain"]["data"]["generate"] == "phantom"  # no data_root needed
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seed": "zero"}, r"seed must be an integer, got 'zero'"),
+    ({"name": "my run/1"}, r"name must be a short name"),
+    ({"downstream": {"baseline": "false"}}, r"downstream.baseline must be true or false, got 'false'"),
+])
+def test_bad_values_are_refused(changes, message):
     with pytest.raises(ExperimentError, match=message):
         load_experiment(_recipe(**changes))
 

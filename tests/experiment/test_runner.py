@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 import csv
+import fcntl
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from ignite.engine import Events
 
 from monai_lessmore.cli.main import main
@@ -33,9 +36,12 @@ class DieAtEpoch:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "exp"
-    code = main(["experiment", "tiny", "--output", str(out)])
-    return code, out
+    """The tiny preset run from its parent folder with a relative --output (as a user types it)."""
+    root = tmp_path_factory.mktemp("tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        code = main(["experiment", "tiny", "--output", "exp"])
+    return code, root / "exp"
 
 
 def _table(out: Path) -> list[str]:
@@ -48,7 +54,7 @@ def test_tiny_preset_runs_every_stage_and_writes_the_tables(tiny_run):
     assert code == 0
     rows = _table(out)
     assert rows[0].startswith("| Pre-training | Kept slices | Pre-training time | phantom-regions AUC |")
-    assert rows[1].startswith("| none (from scratch) | — | — | ")  # the baseline first, as the paper's Table 3
+    assert rows[1].startswith("| none (random init) | — | — | ")  # the baseline first, as the paper's Table 3
     assert rows[2].startswith("| ALL | 40 of 40 (100.0 %) | ")
     assert rows[3].startswith("| HASH-6 | ") and rows[3].split(" | ")[2].endswith("x")  # speed-up against ALL
     reduce_all = json.loads((out / "reduce" / "ALL" / "stage.json").read_text())
@@ -57,10 +63,13 @@ def test_tiny_preset_runs_every_stage_and_writes_the_tables(tiny_run):
     assert 0 < reduce_h6["n_kept"] < 40 and reduce_h6["settings"]["reducer"]["threshold"] == 6
     pre = json.loads((out / "pretrain" / "HASH-6" / "stage.json").read_text())
     assert pre["status"] == "done" and pre["n_train_slices"] == reduce_h6["n_kept"] and pre["epochs"] == 1
-    assert pre["pretrain_seconds"] > 0 and Path(pre["encoder"]).is_file()
+    assert pre["pretrain_seconds"] > 0 and pre["resumed_from_epoch"] == 0 and pre["epochs_this_run"] == 1
+    encoder = out / "pretrain" / "HASH-6" / "encoder.pt"
+    assert encoder.is_file() and "encoder" not in pre  # paths inside OUTPUT are never recorded
+    assert not [p for p in out.rglob("stage.json") if '"exp/' in p.read_text()]  # no cwd-relative path either
     with open(out / "results.csv", newline="") as fh:
         records = list(csv.DictReader(fh))
-    assert [r["pretraining"] for r in records[::3]] == ["none (from scratch)", "ALL", "HASH-6"]
+    assert [r["pretraining"] for r in records[::3]] == ["none (random init)", "ALL", "HASH-6"]
     assert {r["metric"] for r in records} == {"auc", "f1", "accuracy"}
     auc = [float(r["mean"]) for r in records if r["metric"] == "auc"]
     assert all(0.0 <= a <= 1.0 for a in auc)
@@ -70,7 +79,7 @@ def test_tiny_preset_runs_every_stage_and_writes_the_tables(tiny_run):
     assert recorded["recipe"]["name"] == "tiny" and recorded["environment"]["torch"]
     for stage in ("downstream/phantom-regions/scratch", "downstream/phantom-regions/HASH-6"):
         results = json.loads((out / stage / "protocol" / "results.json").read_text())
-        assert results["initialisation"] == ("random" if stage.endswith("scratch") else pre["encoder"])
+        assert results["initialisation"] == ("random" if stage.endswith("scratch") else str(encoder))
     assert not list(out.rglob("*.tmp"))  # no temporary outlives the run
 
 
@@ -82,10 +91,17 @@ def test_a_second_run_skips_done_stages_and_changed_settings_are_refused(tiny_ru
     before = encoder.stat().st_mtime_ns
     table = _table(out)
     capsys.readouterr()
-    assert main(["experiment", "tiny", "--output", str(out)]) == 0
+    # from another folder, by its absolute path, with an option that does not change results
+    recipe = load_experiment("tiny")
+    recipe["pretrain"]["overrides"]["log_every"] = 1
+    runner = ExperimentRunner(recipe, out, log=lambda m: print(m, file=sys.stderr))
+    runner.run()
     err = capsys.readouterr().err
     assert err.count("done before, skipped") == 9 and "running" not in err  # 2 data, 1 baseline, 3 x 2
     assert encoder.stat().st_mtime_ns == before and _table(out) == table
+    # a run of one reduction keeps the other rows (and the speed-up against the first reduction)
+    assert main(["experiment", "tiny", "--output", str(out), "--reductions", "HASH-6"]) == 0
+    assert _table(out) == table
 
     recipe = load_experiment("tiny")
     recipe["pretrain"]["overrides"]["max_epochs"] = 2
@@ -96,11 +112,12 @@ def test_a_second_run_skips_done_stages_and_changed_settings_are_refused(tiny_ru
 
 
 def _small_recipe(tmp_path: Path) -> dict:
+    """HASH-6 only, 4 epochs, a checkpoint every 2: the first run dies at the start of epoch 4."""
     recipe = load_experiment("tiny")
     recipe["reductions"] = [r for r in recipe["reductions"] if r["name"] == "HASH-6"]
     recipe["pretrain"]["overrides"].update(
-        max_epochs=2, extra_handlers=[{"_target_": f"{__name__}.DieAtEpoch", "epoch": 2,
-                                       "flag_file": str(tmp_path / "died")}])
+        max_epochs=4, save_interval=2, extra_handlers=[{"_target_": f"{__name__}.DieAtEpoch", "epoch": 4,
+                                                        "flag_file": str(tmp_path / "died")}])
     recipe["downstream"]["tasks"][0]["data"]["per_split"] = [4, 2, 4]
     return recipe
 
@@ -113,17 +130,20 @@ def test_a_pretraining_that_died_is_reported_then_resumed_from_its_checkpoint(tm
     assert "simulated crash" in first["failures"][0]["error"]
     # what does not depend on the failed stage ran; what does was left for the next run
     assert json.loads((out / "downstream/phantom-regions/scratch/stage.json").read_text())["status"] == "done"
-    assert json.loads((out / "pretrain/HASH-6/stage.json").read_text())["status"] == "running"
+    failed = json.loads((out / "pretrain/HASH-6/stage.json").read_text())
+    assert failed["status"] == "failed" and "simulated crash" in failed["error"] and "Traceback" in failed["traceback"]
     assert not (out / "downstream/phantom-regions/HASH-6").exists()
     assert "Failed stages" in (out / "results.md").read_text() and "pretrain/HASH-6" in (out / "results.md").read_text()
-    assert (out / "pretrain/HASH-6/run/checkpoint.pt").is_file()  # epoch 1 was saved before the crash
+    assert (out / "pretrain/HASH-6/run/checkpoint.pt").is_file()  # epoch 2 was saved before the crash
 
     second = ExperimentRunner(_small_recipe(tmp_path), out, log=logs.append).run()
     assert second["failures"] == []
     pre = json.loads((out / "pretrain/HASH-6/stage.json").read_text())
-    assert pre["status"] == "done" and pre["resumed_from_epoch"] == 1 and pre["epochs"] == 2
+    # resumed from the checkpoint of epoch 2 (not from the loss history, which had reached epoch 3)
+    assert pre["status"] == "done" and pre["resumed_from_epoch"] == 2 and pre["epochs_this_run"] == 2
+    assert pre["epochs"] == 4 and pre["pretrain_seconds"] == pytest.approx(2 * pre["train_seconds_this_run"])
     history = json.loads((out / "pretrain/HASH-6/run/loss_history.json").read_text())
-    assert history["epoch"] == 2 and np.isfinite(history["epoch_loss"]).all()
+    assert history["epoch"] == 4 and np.isfinite(history["epoch_loss"]).all()
     assert json.loads((out / "downstream/phantom-regions/HASH-6/stage.json").read_text())["status"] == "done"
 
 
@@ -138,7 +158,7 @@ def test_bad_overrides_and_missing_data_fail_before_anything_runs(tmp_path, caps
     bad["downstream"]["tasks"][0]["overrides"]["num_run"] = 3
     with pytest.raises(ExperimentError, match=r"task phantom-regions overrides has keys .* \['num_run'\]"):
         ExperimentRunner(bad, tmp_path / "a")
-    with pytest.raises(ExperimentError, match=r"unknown reductions \['HASH-7'\]"):
+    with pytest.raises(ExperimentError, match=r"--reductions: unknown reductions \['HASH-7'\]"):
         ExperimentRunner(recipe, tmp_path / "a", reductions=["HASH-7"])
     code = main(["experiment", "cpu-small", "--data-root", str(tmp_path / "none"), "--output", str(tmp_path / "b")])
     err = capsys.readouterr().err
@@ -146,9 +166,50 @@ def test_bad_overrides_and_missing_data_fail_before_anything_runs(tmp_path, caps
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_reduction_that_reads_nothing_fails_and_the_cli_exits_1(tmp_path, capsys):
+    data = tmp_path / "ct"
+    data.mkdir()
+    (data / "broken.nii.gz").write_bytes(b"\x1f\x8b not a volume")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "broken", "pretrain": {"data": str(data), "overrides": {"max_epochs": 1}},
+        "reductions": [{"name": "ALL", "config": {"method": "none"}}], "downstream": {"tasks": []}}))
+    out = tmp_path / "exp"
+    assert main(["experiment", str(recipe), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "[reduce/ALL] FAILED: ValueError: no slice of" in err and "1 unreadable" in err
+    record = json.loads((out / "reduce/ALL/stage.json").read_text())
+    assert record["status"] == "failed" and not (out / "pretrain").exists()
+    assert "- `reduce/ALL`: ValueError: no slice of" in (out / "results.md").read_text()
+
+
+def test_reserved_keys_and_a_second_command_on_the_same_folder_are_refused(tmp_path):
+    recipe = load_experiment("tiny")
+    bad = copy.deepcopy(recipe)
+    bad["pretrain"]["overrides"]["output_dir"] = "/elsewhere"
+    with pytest.raises(ExperimentError, match=r"pretrain.overrides sets \['output_dir'\], which the experiment sets"):
+        ExperimentRunner(bad, tmp_path / "a")
+    bad = copy.deepcopy(recipe)
+    bad["downstream"]["tasks"][0]["overrides"]["pretrained_encoder"] = "/some/encoder.pt"
+    with pytest.raises(ExperimentError, match=r"sets \['pretrained_encoder'\]"):
+        ExperimentRunner(bad, tmp_path / "a")
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lessmore-experiment.lock", "a+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ExperimentError, match=r"another lessmore experiment runs into .*busy"):
+            ExperimentRunner(recipe, out, log=lambda m: None).run()
+    assert sorted(p.name for p in out.iterdir()) == [".lessmore-experiment.lock"]  # nothing else written
+
+
 def test_dry_run_lists_stages_and_runs_nothing(tmp_path, capsys):
     assert main(["experiment", "tiny", "--output", str(tmp_path / "exp"), "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "reduction HASH-6: {'method': 'hash', 'threshold': 6, 'algorithm': 'leader'}" in err
     assert "  pretrain/HASH-6: to run" in err and "  downstream/phantom-regions/scratch: to run" in err
+    assert "  data/pretrain: to run" in err
     assert not (tmp_path / "exp").exists()
+    # without the data a dry run still shows the plan, with a warning naming --data-root
+    assert main(["experiment", "cpu-small", "--data-root", str(tmp_path / "none"), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "--data-root" in err and "  pretrain/EveryN-10: to run" in err

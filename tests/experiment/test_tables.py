@@ -8,7 +8,6 @@ import io
 import numpy as np
 
 from monai_lessmore.experiment.tables import plot_auc_vs_kept, results_markdown_table, results_rows, write_results
-from monai_lessmore.classification.data import MedMNISTData
 
 
 def _summary(auc, f1, acc):
@@ -17,6 +16,7 @@ def _summary(auc, f1, acc):
 
 
 RECIPE = {"name": "t", "source": "t.yaml", "pretrain": {"method": "swav", "data": "/ct"},
+          "reductions": [{"name": "ALL"}, {"name": "HASH-6"}, {"name": "SSIM-10"}, {"name": "MI-10"}],
           "downstream": {"tasks": [{"name": "COVID"}]}}
 ROWS = [
     {"name": "scratch", "baseline": True, "reduction": None, "pretrain": None, "tasks": {"COVID": _summary([0.70, 0.74], [0.6, 0.7], [0.65, 0.7])}},
@@ -34,7 +34,7 @@ def test_markdown_table_in_the_papers_layout():
     text = results_markdown_table(RECIPE, ROWS, [{"stage": "pretrain/SSIM-10", "error": "RuntimeError: boom"}])
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0] == "| Pre-training | Kept slices | Pre-training time | COVID AUC | COVID F1 | COVID Accuracy |"
-    assert rows[1] == "| none (from scratch) | — | — | 0.720 ± 0.020 | 0.650 ± 0.050 | 0.675 ± 0.025 |"
+    assert rows[1] == "| none (random init) | — | — | 0.720 ± 0.020 | 0.650 ± 0.050 | 0.675 ± 0.025 |"
     assert rows[2] == "| ALL | 1000 of 1000 (100.0 %) | 15.0 min | 0.810 ± 0.010 | 0.710 ± 0.010 | 0.725 ± 0.025 |"
     assert rows[3].startswith("| HASH-6 | 100 of 1000 (10.0 %) | 100 s, 9.0x | 0.830 ± 0.000 |")
     assert rows[4] == "| SSIM-10 | 100 of 1000 (10.0 %) | failed | — | — | — |"
@@ -49,7 +49,7 @@ def test_csv_has_one_row_per_pretraining_task_and_metric():
     assert [r["metric"] for r in hash6] == ["auc", "f1", "accuracy"]
     assert hash6[0]["speed_up_vs_first"] == 9.0 and hash6[0]["kept_fraction"] == 0.1 and hash6[0]["n"] == 2
     assert hash6[1]["values"] == "0.740000 0.760000"
-    assert records[0]["pretraining"] == "none (from scratch)" and records[0]["pretrain_seconds"] is None
+    assert records[0]["pretraining"] == "none (random init)" and records[0]["pretrain_seconds"] is None
     assert all(r["mean"] is None for r in records if r["pretraining"] == "SSIM-10")
 
 
@@ -62,22 +62,19 @@ def test_write_results_writes_three_files_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)  # no temporaries left
 
 
-def test_phantom_classification_is_a_balanced_medmnist_file(tmp_path):
-    from monai_lessmore.phantom import write_phantom_classification
+def test_the_speed_up_is_against_the_recipes_first_reduction_even_when_it_failed():
+    recipe = {**RECIPE, "reductions": [{"name": "ALL"}, {"name": "HASH-6"}]}
+    rows = [ROWS[0], {**ROWS[1], "pretrain": None, "tasks": {"COVID": None}}, ROWS[2]]
+    text = results_markdown_table(recipe, rows)
+    assert "| ALL | 1000 of 1000 (100.0 %) | failed |" in text
+    assert "| HASH-6 | 100 of 1000 (10.0 %) | 100 s |" in text  # no ratio: ALL has no time
+    assert all(r["speed_up_vs_first"] is None for r in results_rows(recipe, rows))
+    ok = results_rows(recipe, ROWS[:3])
+    assert {r["speed_up_vs_first"] for r in ok if r["pretraining"] == "HASH-6"} == {9.0}
 
-    path = write_phantom_classification(tmp_path / "p.npz", per_split=(6, 3, 5), size=28, seed=3)
-    data = MedMNISTData(path)
-    splits = data.splits()
-    assert data.num_classes == 2 and [len(splits[s]) for s in ("train", "val", "test")] == [12, 6, 10]
-    for items in splits.values():
-        labels = [it["label"] for it in items]
-        assert labels.count(0) == labels.count(1)
-        assert items[0]["image"].shape == (28, 28) and items[0]["image"].dtype == np.uint8
-    with np.load(path) as npz:
-        images = np.concatenate([npz[f"{s}_images"] for s in ("train", "val", "test")])
-        # no slice twice across the splits, and the classes differ (upper body: lungs are dark)
-        assert len({im.tobytes() for im in images}) == len(images)
-        lab = np.concatenate([npz[f"{s}_labels"][:, 0] for s in ("train", "val", "test")])
-        assert images[lab == 1].mean() != images[lab == 0].mean()
-    again = write_phantom_classification(tmp_path / "q.npz", per_split=(6, 3, 5), size=28, seed=3)
-    assert np.load(again)["train_images"].tobytes() == np.load(path)["train_images"].tobytes()  # deterministic
+
+def test_skipped_volumes_are_listed_under_the_table():
+    rows = [{**ROWS[2], "reduction": {**ROWS[2]["reduction"], "failures": [{"source": "/ct/bad.nii.gz",
+                                                                               "error": "OSError: truncated"}]}}]
+    text = results_markdown_table(RECIPE, rows)
+    assert "- HASH-6: `/ct/bad.nii.gz`: OSError: truncated" in text
