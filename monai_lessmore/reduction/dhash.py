@@ -23,7 +23,7 @@ How the costly horizontal pass (every pixel times ~343 weights for 512 -> 9) is 
 ``pixel * weight`` in 32-bit integers with weights below ``2**22`` in magnitude.
 
 * With numba (a dependency; the default), a compiled kernel (:func:`_resample_rows_kernel`) sums only the taps
-  inside each output's window, four rows at a time, in float32 SIMD. Every weight and pixel is an integer exact in
+  inside each output's window, eight rows at a time, in float32 SIMD. Every weight and pixel is an integer exact in
   float32, and the error of any float32 summation order is bounded (Higham's ``gamma_n``); a sum further than that
   bound from a rounding boundary rounds as the exact integer sum does, and the few that are not (~2 % for
   512 -> 9) are summed again in float64, exactly. The result is Pillow's, bit for bit.
@@ -305,10 +305,16 @@ def _window_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _exact_window(row, start, length, weights):  # pragma: no cover - compiled
-    """``floor((2**21 + sum(row[start:start + length] * weights)) / 2**22)``, summed exactly in float64."""
+    """``floor((2**21 + sum(row[start:start + length] * weights)) / 2**22)``, summed exactly in float64.
+
+    Every product is an integer below ``2**32`` and every partial sum one below ``2**31`` in magnitude, so float64
+    holds them all exactly and the sum is exact in any order: the kernel is compiled with the shared ``fastmath``
+    flags (vectorised reassociated sum, FMA), which cannot change the result here.
+    """
+    r = row[start : start + length]
     exact = 0.0
     for k in range(length):
-        exact += np.float64(row[start + k]) * weights[k]
+        exact += np.float64(r[k]) * weights[k]
     return np.floor((exact + 2097152.0) / 4194304.0)
 
 
@@ -316,9 +322,10 @@ def _resample_rows_kernel(src, lo, hi, start, length, w32, w64, bound, out):  # 
     """Pillow's one-axis pass along the last axis of ``src[:, lo:hi]`` (any strides) into ``out`` (uint8).
 
     Each output is ``clip8((2**21 + sum pixel * weight) >> 22)`` over its window (Resample.c), only the window's
-    taps. Four rows are summed together in float32 (four independent SIMD chains sharing each weight load); a sum
-    that lies within its error bound of a rounding boundary is redone exactly in float64 (:func:`_exact_window`),
-    so every output is Pillow's integer result.
+    taps. Eight rows are summed together in float32: eight independent SIMD chains share each weight load, which
+    keeps the loop at about one load per FMA (four rows: 1.25; measured 13-22 % faster). A sum that lies within
+    its error bound of a rounding boundary is redone exactly in float64 (:func:`_exact_window`), so every output
+    is Pillow's integer result.
     """
     n = src.shape[0]
     width = src.shape[2]
@@ -326,11 +333,11 @@ def _resample_rows_kernel(src, lo, hi, start, length, w32, w64, bound, out):  # 
     one = 4194304.0  # 2**22
     inv_one = 1.0 / one  # exact: a power of two
     half = 2097152.0  # 2**21
-    rows = np.zeros((4, width), dtype=np.float32)
-    sums = np.empty((4, n_out), dtype=np.float32)
+    rows = np.zeros((8, width), dtype=np.float32)
+    sums = np.empty((8, n_out), dtype=np.float32)
     for i in range(n):
-        for y in range(lo, hi, 4):
-            m = min(4, hi - y)
+        for y in range(lo, hi, 8):
+            m = min(8, hi - y)
             for q in range(m):
                 for x in range(width):
                     rows[q, x] = src[i, y + q, x]
@@ -342,21 +349,37 @@ def _resample_rows_kernel(src, lo, hi, start, length, w32, w64, bound, out):  # 
                 r1 = rows[1, s0:e0]
                 r2 = rows[2, s0:e0]
                 r3 = rows[3, s0:e0]
+                r4 = rows[4, s0:e0]
+                r5 = rows[5, s0:e0]
+                r6 = rows[6, s0:e0]
+                r7 = rows[7, s0:e0]
                 wj = w32[j]
                 a0 = np.float32(0.0)
                 a1 = np.float32(0.0)
                 a2 = np.float32(0.0)
                 a3 = np.float32(0.0)
+                a4 = np.float32(0.0)
+                a5 = np.float32(0.0)
+                a6 = np.float32(0.0)
+                a7 = np.float32(0.0)
                 for k in range(r0.shape[0]):
                     wk = wj[k]
                     a0 += r0[k] * wk
                     a1 += r1[k] * wk
                     a2 += r2[k] * wk
                     a3 += r3[k] * wk
+                    a4 += r4[k] * wk
+                    a5 += r5[k] * wk
+                    a6 += r6[k] * wk
+                    a7 += r7[k] * wk
                 sums[0, j] = a0
                 sums[1, j] = a1
                 sums[2, j] = a2
                 sums[3, j] = a3
+                sums[4, j] = a4
+                sums[5, j] = a5
+                sums[6, j] = a6
+                sums[7, j] = a7
             # Rounding, kept out of the summation loop (which then stays a plain vectorised reduction): Pillow's
             # clip8((2**21 + sum) >> 22). The float32 sum is trusted when it lies further than its error bound
             # from every rounding boundary (a multiple of 2**22); otherwise (~2 % of outputs for 512 -> 9) the
@@ -383,10 +406,10 @@ def _compiled_resample() -> Any:
         return None
     from numba import njit
 
-    from monai_lessmore.reduction._jit import cpu_kernel
+    from monai_lessmore.reduction._jit import _FASTMATH, cpu_kernel
 
     global _exact_window_c
-    _exact_window_c = njit(nogil=True, cache=True, error_model="numpy")(_exact_window)
+    _exact_window_c = njit(nogil=True, cache=True, error_model="numpy", fastmath=set(_FASTMATH))(_exact_window)
     return cpu_kernel(_resample_rows_kernel)
 
 
