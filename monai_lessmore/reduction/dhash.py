@@ -48,6 +48,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from monai_lessmore.reduction._jit import numba_installed, use_compiled
+
 __all__ = [
     "pillow_lanczos_resize_u8",
     "dhash_bits",
@@ -401,10 +403,9 @@ _exact_window_c = _exact_window  # replaced by its compiled version before the k
 def _compiled_resample() -> Any:
     """The compiled one-axis pass, or None when numba cannot be imported (the matrix-product paths then run)."""
     try:
-        import numba  # noqa: F401
+        from numba import njit
     except ImportError:
         return None
-    from numba import njit
 
     from monai_lessmore.reduction._jit import _FASTMATH, cpu_kernel
 
@@ -462,10 +463,11 @@ def _row_blocks(n: int, first: int, last: int, rows_per_block: int) -> list[tupl
     ]
 
 
-def _horizontal_pass(stack: np.ndarray, first: int, last: int, out_width: int) -> np.ndarray:
-    """Pillow's horizontal pass over rows ``first:last`` of every image: ``(N, last - first, out_width)`` uint8."""
+def _horizontal_pass(stack: np.ndarray, first: int, last: int, out_width: int, int8: bool = True) -> np.ndarray:
+    """Pillow's horizontal pass over rows ``first:last`` of every image: ``(N, last - first, out_width)`` uint8;
+    through torch's int8 product when ``int8`` and it is available, else numpy float32."""
     n, _, width = stack.shape
-    mm = _torch_int8_matmul() if width < (1 << 17) else None
+    mm = _torch_int8_matmul() if int8 and width < (1 << 17) else None
     if mm is not None:
         return _horizontal_pass_int8(stack, first, last, out_width, mm)
     rows = last - first
@@ -584,21 +586,27 @@ def pillow_lanczos_resize_u8(images: Any, size: Sequence[int] = (9, 8)) -> np.nd
     need_vertical = out_h != height
     if not (need_horizontal or need_vertical):
         return np.array(stack, dtype=np.uint8, copy=True)
-    kernel = _compiled_resample()
-    if kernel is not None:
-        return _resize_compiled(kernel, stack, out_w, out_h)
+    if use_compiled(n * height * width):
+        kernel = _compiled_resample()
+        if kernel is not None:
+            return _resize_compiled(kernel, stack, out_w, out_h)
+        int8 = True  # numba cannot run here: the matrix-product paths are the fast ones
+    else:
+        # Until this process's work pays for starting numba, numpy float32 (importing torch for its int8 product
+        # would cost more than it saves, and without VNNI that product is the slower one).
+        int8 = not numba_installed()
     if not need_horizontal:
         return _vertical_pass(stack, height, 0, out_h)
     if not need_vertical:
-        return _horizontal_pass(stack, 0, height, out_w)
+        return _horizontal_pass(stack, 0, height, out_w, int8)
     if _vertical_first(width, height, out_w, out_h):
         # Vertical pass over all columns (Pillow computes every column), then horizontal over the out_h rows.
-        return _horizontal_pass(_vertical_pass(stack, height, 0, out_h), 0, out_h, out_w)
+        return _horizontal_pass(_vertical_pass(stack, height, 0, out_h), 0, out_h, out_w, int8)
     # Horizontal pass only over rows ybox_first..ybox_last-1, those some output row reads (Pillow then shifts the
     # vertical bounds by ybox_first). The skipped rows never influence the result; skipping them keeps upscaled
     # images cheap.
     _, first, last = _fixed_point_weights(height, out_h)
-    return _vertical_pass(_horizontal_pass(stack, first, last, out_w), height, first, out_h)
+    return _vertical_pass(_horizontal_pass(stack, first, last, out_w, int8), height, first, out_h)
 
 
 @functools.lru_cache(maxsize=1)
