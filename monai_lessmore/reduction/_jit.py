@@ -18,7 +18,7 @@ Settings, chosen for exactness first:
 Starting numba costs a process about a second of CPU time even when every kernel comes from the cache (importing
 numba ~0.25 s; its CPU target's first dispatch ~0.45 s, plus ~0.25 s for the ``scipy.linalg`` import that numba's
 ``numba.np.arraymath`` does to look for BLAS; measured in ``docs/benchmarks.md``). The light per-pixel kernels of
-the HASH path (8-bit rendering, dHash) have exact numpy equivalents that cost ~2 ns more per pixel, so a process
+the HASH path (8-bit rendering, dHash) have exact numpy equivalents that cost ~1.5 ns more per pixel, so a process
 runs those in numpy until its work would have paid for the start-up (:func:`use_compiled`, a "rent or buy"
 rule: never more than twice the cheaper choice), and compiled from then on, or at once when numba is already
 running in the process.
@@ -47,15 +47,16 @@ COMPILE_AFTER_PIXELS_ENV = "LESSMORE_COMPILE_AFTER_PIXELS"
 def _compile_after_pixels() -> int:
     text = os.environ.get(COMPILE_AFTER_PIXELS_ENV, "")
     try:
-        return max(0, int(text)) if text.strip() else 1 << 28
+        return max(0, int(text)) if text.strip() else 1 << 29
     except ValueError:
         raise ValueError(
             f"{COMPILE_AFTER_PIXELS_ENV} must be a non-negative integer number of pixels, got {text!r}"
         ) from None
 
 
-#: Pixels a process renders and hashes in numpy before it starts numba for the light kernels: the ~1 s start-up
-#: over the ~2-4 ns per pixel the compiled kernels save (about 1000 slices of 512x512; ``docs/benchmarks.md``).
+#: Pixels a process passes through the light kernels in numpy (rendering and dHash counted separately) before it
+#: starts numba for them: numba's ~1.3 s start-up over the ~1.5 ns per pixel and kernel that compiling saves
+#: (``2**29``: about 1000 slices of 512x512 rendered and hashed; measured in ``docs/benchmarks.md``).
 COMPILE_AFTER_PIXELS = _compile_after_pixels()
 _light_pixels = 0  # pixels the light kernels were asked for in this process so far
 _started: list[bool] = []  # non-empty once a compiled kernel has run in this process

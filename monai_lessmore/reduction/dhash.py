@@ -22,25 +22,28 @@ shrinks by more than twice as many pixels as the width (not the case for 512x512
 How the costly horizontal pass (every pixel times ~343 weights for 512 -> 9) is made exact and fast: Pillow sums
 ``pixel * weight`` in 32-bit integers with weights below ``2**22`` in magnitude.
 
-* With numba (a dependency; the default), a compiled kernel (:func:`_resample_rows_kernel`) sums only the taps
-  inside each output's window, eight rows at a time, in float32 SIMD. Every weight and pixel is an integer exact in
-  float32, and the error of any float32 summation order is bounded (Higham's ``gamma_n``); a sum further than that
-  bound from a rounding boundary rounds as the exact integer sum does, and the few that are not (~2 % for
-  512 -> 9) are summed again in float64, exactly. The result is Pillow's, bit for bit.
+* With numba (a dependency; the default once a process has enough work), a compiled kernel
+  (:func:`_resample_rows_kernel`) sums only the taps inside each output's window, eight rows at a time, in float32
+  SIMD. Every weight and pixel is an integer exact in float32, and the error of any float32 summation order is
+  bounded (Higham's ``gamma_n``); a sum further than that bound from a rounding boundary rounds as the exact
+  integer sum does, and the few that are not (~2 % for 512 -> 9) are summed again in float64, exactly. The result
+  is Pillow's, bit for bit.
 
 * Without numba, with torch, pixels enter as ``v - 128`` (int8, one XOR pass) and the weights as three
   balanced base-256 int8 digits; ``torch._int_mm`` gives exact int32 digit sums, recombined in wrapping int32
   (exact, because the true sum fits int32 as it does in Pillow's own accumulator).
-* Without torch's int8 product either (or if its self-check fails), each weight is split into digits small enough that
-  *every* partial sum of ``pixel * digit`` is an integer of magnitude ``<= 2**24``; float32 holds all of those
-  exactly, so BLAS ``sgemm`` gives exact digit sums in any summation order, recombined in float64 (exact below
-  ``2**53``).
+* Without torch's int8 product either (or if its self-check fails), and in a process whose work has not yet
+  paid for starting numba (:func:`monai_lessmore.reduction._jit.use_compiled`), each weight is split into digits
+  small enough that *every* partial sum of ``pixel * digit`` is an integer of magnitude ``<= 2**24``; float32
+  holds all of those exactly, so BLAS ``sgemm`` gives exact digit sums in any summation order, recombined in
+  float64 (exact below ``2**53``).
 
 The small vertical pass (or the first pass, for tall images) uses the float32 digit method.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -478,14 +481,33 @@ def _horizontal_pass(stack: np.ndarray, first: int, last: int, out_width: int, i
     size = min(rows_per_block, n * rows)
     buf = np.empty((size, width), dtype=weights.dtype)  # reused: fresh pages per block would cost more than BLAS
     acc = np.empty((size, weights.shape[1]), dtype=weights.dtype)
-    for img, row in _row_blocks(n, first, last, rows_per_block):
-        src = stack[img, row]
-        m = src.shape[0] * src.shape[1]
-        np.copyto(buf[:m].reshape(src.shape), src, casting="unsafe")
-        sums = np.matmul(buf[:m], weights, out=acc[:m])
-        total = _recombine(sums, n_digits, shift, axis=1)
-        out[img, row.start - first : row.stop - first] = _round_clip8(total).reshape(src.shape[:2] + (out_width,))
+    with _one_blas_thread():
+        for img, row in _row_blocks(n, first, last, rows_per_block):
+            src = stack[img, row]
+            m = src.shape[0] * src.shape[1]
+            np.copyto(buf[:m].reshape(src.shape), src, casting="unsafe")
+            sums = np.matmul(buf[:m], weights, out=acc[:m])
+            total = _recombine(sums, n_digits, shift, axis=1)
+            out[img, row.start - first : row.stop - first] = _round_clip8(total).reshape(src.shape[:2] + (out_width,))
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        return ThreadpoolController()
+    except Exception:  # not installed, or it cannot inspect this platform's libraries: BLAS keeps its threads
+        return None
+
+
+def _one_blas_thread() -> Any:
+    """A context in which BLAS runs on one thread, when ``threadpoolctl`` is installed. This product is too skinny
+    (9 or 18 columns) for BLAS threads to pay: with two, OpenBLAS spent 3x the CPU time (0.61 vs 0.19 s for 300
+    slices of 512x512) and was slower in wall time too on a 2-core machine."""
+    controller = _blas_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 
 
 def _horizontal_pass_int8(stack: np.ndarray, first: int, last: int, out_width: int, mm: Any) -> np.ndarray:

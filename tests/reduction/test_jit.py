@@ -73,7 +73,7 @@ def test_compile_after_pixels_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(_jit.COMPILE_AFTER_PIXELS_ENV, "0")
     assert _jit._compile_after_pixels() == 0
     monkeypatch.delenv(_jit.COMPILE_AFTER_PIXELS_ENV)
-    assert _jit._compile_after_pixels() == 1 << 28
+    assert _jit._compile_after_pixels() == 1 << 29
     monkeypatch.setenv(_jit.COMPILE_AFTER_PIXELS_ENV, "many")
     with pytest.raises(ValueError, match="LESSMORE_COMPILE_AFTER_PIXELS must be a non-negative integer"):
         _jit._compile_after_pixels()
