@@ -15,13 +15,13 @@ Settings, chosen for exactness first:
   read-only), so only the first call on a machine pays the ~1-2 s compilation;
 - compiled on first call: numba is imported only when a CPU kernel first runs.
 
-Starting numba costs a process about a second of CPU time even when every kernel comes from the cache (importing
-numba ~0.25 s; its CPU target's first dispatch ~0.45 s, plus ~0.25 s for the ``scipy.linalg`` import that numba's
+Starting numba costs a process ~1.3 s of CPU time even when every kernel comes from the cache (importing numba
+~0.25 s; its CPU target's first dispatch ~0.45 s, plus ~0.25 s for the ``scipy.linalg`` import that numba's
 ``numba.np.arraymath`` does to look for BLAS; measured in ``docs/benchmarks.md``). The light per-pixel kernels of
 the HASH path (8-bit rendering, dHash) have exact numpy equivalents that cost ~1.5 ns more per pixel, so a process
-runs those in numpy until its work would have paid for the start-up (:func:`use_compiled`, a "rent or buy"
-rule: never more than twice the cheaper choice), and compiled from then on, or at once when numba is already
-running in the process.
+runs those in numpy until its work would have paid for the start-up (:func:`use_compiled`, a "rent or buy" rule
+that keeps a job within about twice the cheaper choice), and compiled from then on, or at once when numba already
+runs in the process.
 """
 
 from __future__ import annotations
