@@ -109,6 +109,23 @@ def _render_offset_kernel(raw, out, lut):  # pragma: no cover - compiled
                 dst[w] = lut[np.int64(row[w]) - base]
 
 
+def _render_offset_numpy(raw: np.ndarray, out: np.ndarray) -> None:
+    """:func:`_render_offset_kernel` in numpy, slice by slice (the same lookup table, the same float64 expression
+    for it, so the same pixels): for a process that has not started numba (see
+    :func:`monai_lessmore.reduction._jit.use_compiled`)."""
+    if raw.size == 0:
+        return
+    for s in range(raw.shape[0]):
+        sl = raw[s]
+        lo = int(sl.min())
+        span = int(sl.max()) - lo
+        fspan = 1.0 if span == 0 else float(span)
+        lut = np.rint(np.arange(span + 1, dtype=np.float64) / fspan * 255.0).astype(np.uint8)
+        idx = sl.astype(np.int32)  # every 8/16-bit integer is exact; idx - lo lies in 0..span
+        idx -= lo
+        out[s] = np.take(lut, idx)
+
+
 _RENDER_KERNEL: list[Any] = []
 
 
@@ -127,11 +144,13 @@ def _render_kernel() -> Any:
 
 def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> np.ndarray:
     """:func:`to_uint8` of a :class:`StoredStack`: straight from the stored integers when it can be (min-max
-    rendering of ``raw + offset``), else chunk by chunk through its float32 values. Equal either way to
-    ``to_uint8(stack.to_array())``: every step is per slice (min-max) or per voxel (window)."""
+    rendering of ``raw + offset``; compiled, or in numpy while the process has not started numba), else chunk by
+    chunk through its float32 values. Equal either way to ``to_uint8(stack.to_array())``: every step is per slice
+    (min-max) or per voxel (window)."""
+    from monai_lessmore.reduction._jit import use_compiled
+
     out = np.empty(stack.shape, dtype=np.uint8)
-    kernel = _render_kernel() if window is None and stack.offset is not None else None
-    if kernel is not None:
+    if window is None and stack.offset is not None:
         # Min-max rendering is per slice and per voxel, so any flip or order of the in-slice axes gives the same
         # pixels: walk the stored voxels in memory order (positive strides, the fastest axis last; for the usual
         # (x, y, z) file each slice is then one contiguous block) and write through the same flips into ``out``.
@@ -141,14 +160,17 @@ def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> 
                 raw, dst = np.flip(raw, axis), np.flip(dst, axis)
         if abs(raw.strides[1]) < abs(raw.strides[2]):
             raw, dst = raw.transpose(0, 2, 1), dst.transpose(0, 2, 1)
-        lut = np.empty(1 << 16, dtype=np.uint8)
-        kernel(raw, dst, lut)
+        kernel = _render_kernel() if use_compiled(raw.size) else None
+        if kernel is not None:
+            lut = np.empty(1 << 16, dtype=np.uint8)
+            kernel(raw, dst, lut)
+        else:
+            _render_offset_numpy(raw, dst)
         return out
     step = _chunk_slices(stack.shape)
     for i in range(0, len(stack), step):
         out[i : i + step] = to_uint8(stack.chunk(i, i + step), window=window)
     return out
-
 
 
 def validate_window(window: Sequence[float] | None) -> tuple[float, float] | None:

@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 __all__ = ["REDUCER_KEYS", "AMOUNT_KEYS", "preset_names", "preset_path", "load_reduction_config", "merge_reduction_config"]
 
 #: the keys a reduction config may hold: the arguments of :class:`~monai_lessmore.reduction.SliceReducer`
@@ -83,6 +81,8 @@ def load_reduction_config(config: str | os.PathLike | Mapping[str, Any]) -> dict
             path = preset_path(text)
         source = str(path)
         raw = path.read_text(encoding="utf-8")
+        import yaml  # here: most runs give no config file, and importing yaml costs ~20 ms of start-up
+
         try:
             data = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
         except (ValueError, yaml.YAMLError) as err:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import monai_lessmore.reduction._jit as _jit
 import monai_lessmore.reduction.dhash as dhash_module
 from monai_lessmore.reduction.dhash import (
     dhash,
@@ -54,7 +55,8 @@ def _imagehash_hex(img: np.ndarray, hash_size: int = 8) -> str:
 @pytest.fixture(params=["compiled", "int8", "float32"])
 def backend(request, monkeypatch):
     """Run a test with the compiled (numba) kernel, then with the torch int8 product and the numpy float32
-    fallback that run without numba."""
+    fallback that run without numba (float32 is also what runs before a process starts numba)."""
+    monkeypatch.setattr(_jit, "COMPILE_AFTER_PIXELS", 0)  # never wait for the work to pay for numba
     if request.param == "compiled":
         if dhash_module._compiled_resample() is None:
             pytest.skip("numba is not importable here")

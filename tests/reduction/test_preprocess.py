@@ -82,3 +82,28 @@ def _direct(vol):
 def test_every_path_equals_the_direct_float64_formula(make):
     vol = make(np.random.default_rng(7))
     np.testing.assert_array_equal(to_uint8(vol), _direct(vol))
+
+
+@pytest.mark.parametrize("dtype", ["int16", "uint16", "uint8"])
+@pytest.mark.parametrize("layout", ["c", "xyz", "flipped"])
+def test_stored_rendering_is_the_same_in_numpy_and_compiled(dtype, layout, monkeypatch):
+    """Min-max rendering straight from the stored integers: the numpy path (what a process runs before it starts
+    numba) and the compiled kernel give the float32 path's pixels, for any memory order and flip."""
+    import monai_lessmore.reduction._jit as _jit
+    from monai_lessmore.reduction.preprocess import StoredStack
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    raw = rng.integers(max(info.min, -3000), min(info.max, 3000) + 1, size=(5, 12, 9)).astype(dtype)
+    raw[1] = raw[1, 0, 0]  # a constant slice renders to zeros
+    raw[2, 3, 4], raw[2, 5, 6] = info.min, info.max  # the widest span the dtype has
+    if layout == "xyz":  # a file stored (x, y, z): slices are the last memory axis
+        raw = np.ascontiguousarray(raw.transpose(2, 1, 0)).transpose(2, 1, 0)
+    elif layout == "flipped":
+        raw = raw[::-1, :, ::-1]
+    expected = to_uint8(raw.astype(np.float32))
+    monkeypatch.setattr(_jit, "numba_started", lambda: False)
+    for threshold in (1 << 62, 0):  # numpy, then compiled (when numba is installed)
+        monkeypatch.setattr(_jit, "COMPILE_AFTER_PIXELS", threshold)
+        got = to_uint8(StoredStack(raw, offset=-1024))
+        np.testing.assert_array_equal(got, expected)
