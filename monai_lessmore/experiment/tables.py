@@ -137,6 +137,7 @@ def results_markdown_table(recipe: dict[str, Any], rows: Sequence[dict[str, Any]
 def plot_auc_vs_kept(recipe: dict[str, Any], rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes | None:
     """PNG: downstream AUC (mean ± std) against the kept fraction, one panel per task; the baseline dashed."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     from monai_lessmore.cli.report import _png_bytes
 
@@ -160,6 +161,7 @@ def plot_auc_vs_kept(recipe: dict[str, Any], rows: Sequence[dict[str, Any]], *, 
             ax.annotate(row["name"], (100 * fraction, auc["mean"]), textcoords="offset points", xytext=(5, 4),
                         fontsize=8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 10, 100 rather than 10^1, 10^2
         ax.set_xlabel("kept fraction of the pre-training slices (%)")
         ax.set_ylabel("downstream AUC (mean ± std)")
         ax.set_title(task)
