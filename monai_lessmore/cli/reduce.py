@@ -228,11 +228,18 @@ Executor = Callable[[Sequence[tuple[str, str]], tuple], Iterator[tuple[str, str,
 
 
 def _share_cores(threads: int) -> None:
-    """Limit this worker's torch (and compiled-kernel) threads."""
-    import torch
+    """Limit this worker's torch (and compiled-kernel) threads, never above what it would use anyway.
 
-    # never more than the worker would use anyway (OMP_NUM_THREADS or torch's default, inherited from the parent)
-    torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
+    A spawned worker has not imported torch yet, and a HASH run never does (importing it costs each worker ~2 s of
+    CPU): ``OMP_NUM_THREADS``, which torch reads when it is imported, carries the limit. Where torch is already
+    imported its intra-op thread count is set directly.
+    """
+    current = os.environ.get("OMP_NUM_THREADS", "")
+    limit = max(1, min(threads, int(current)) if current.isdigit() and int(current) > 0 else threads)
+    os.environ["OMP_NUM_THREADS"] = str(limit)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(max(1, min(limit, torch.get_num_threads())))
 
 
 #: Seconds between a worker's checks that its parent (the client) is alive, where no parent-death signal exists.

@@ -16,7 +16,7 @@ from monai_lessmore.cli.reduce import MANIFEST_COLUMNS
 from monai_lessmore.io import load_volume
 from monai_lessmore.phantom import write_phantom_dataset
 from monai_lessmore.reduction import SliceReducer
-from tests.conftest import shared_data_path
+from tests.conftest import REPO_ROOT, shared_data_path
 
 
 def read_manifest(path):
@@ -288,12 +288,13 @@ def test_adding_mixed_size_recomputes_only_the_refused_volume(dataset, tmp_path)
     assert not any(v["resumed"] for v in json.loads((out / "summary.json").read_text())["volumes"].values())
 
 
-def test_worker_processes_share_the_cores():
+def test_worker_processes_share_the_cores(monkeypatch):
     import torch
 
     from monai_lessmore.cli.reduce import _share_cores
 
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         _share_cores(1)
         assert torch.get_num_threads() == 1
@@ -301,3 +302,16 @@ def test_worker_processes_share_the_cores():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fresh_worker_shares_the_cores_without_importing_torch():
+    code = ("import os, sys\n"
+            "from monai_lessmore.cli.reduce import _share_cores\n"
+            "_share_cores(1)\n"
+            "print('torch' in sys.modules, os.environ['OMP_NUM_THREADS'])\n"
+            "import torch\n"
+            "print(torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=REPO_ROOT).stdout.split()
+    assert out == ["False", "1", "1"]  # the hash path never pays torch's import; torch, once imported, obeys
