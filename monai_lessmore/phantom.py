@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_phantom", "write_phantom_dataset", "write_phantom_classification"]
+__all__ = ["make_phantom", "write_phantom_dataset",
+           "write_phantom_classification"]
 
 AIR, FAT, SOFT, LIVER, KIDNEY, LUNG, BLOOD, BONE, CORTEX, GAS, CONTRAST = -1000, -100, 40, 60, 30, -850, 150, 700, 1200, -950, 300
 

@@ -6,9 +6,9 @@
 (:mod:`monai_lessmore.cli.report`); ``lessmore duplicates DIR`` finds duplicate volumes of a run
 (:mod:`monai_lessmore.duplicates.run`); ``lessmore demo`` is the main job on the embedded synthetic phantom (no external
 data needed). ``lessmore experiment RECIPE`` runs the paper's experiment from a recipe
-(:mod:`monai_lessmore.experiment`). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a pre-training checkpoint into
-the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash verification
-(:mod:`monai_lessmore.cli.bundle`, on :mod:`monai_lessmore.bundletools`).
+(:mod:`monai_lessmore.experiment`). ``lessmore import-checkpoint`` / ``package-bundle`` / ``fetch-bundle`` turn a
+pre-training checkpoint into the pre-trained ResNet50 bundle, zip it with its hash, and download it with hash
+verification (:mod:`monai_lessmore.cli.bundle`, on :mod:`monai_lessmore.bundletools`).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also write the report figures (as `lessmore report DIR`) at the end")
 
     e = sub.add_parser("experiment", help="the paper's experiment from a recipe: reduce, pre-train, fine-tune per reduction; results.md/.csv and a plot")
-    e.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a shipped preset: tiny (seconds, no external data), cpu-small (about half an hour on 2 CPU cores), paper (the paper's settings, for a GPU); see configs/experiments")
+    e.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a shipped preset: tiny (about a minute, no external data), cpu-small (about half an hour on 2 CPU cores), paper (the paper's settings, for a GPU); see configs/experiments")
     e.add_argument("--output", "-o", default=None, help="experiment folder (default: lessmore_experiment_<name>); run the same command again to resume it")
     e.add_argument("--data-root", default=None, metavar="DIR", help="replaces the recipe's data_root (${data_root} in its paths)")
     e.add_argument("--reductions", default=None, metavar="NAMES", help="comma-separated reductions of the recipe to run (default: all), e.g. ALL,HASH-6")

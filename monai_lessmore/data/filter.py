@@ -122,7 +122,8 @@ class SliceReductionFilter:
             kept as ``source_image`` / ``source_slice_index``; the items of volumes without a store (DICOM, slice
             folders) carry the same two keys (their own volume and index), so a batch may mix both kinds. A training
             epoch then costs one memory-mapped read per slice instead of decompressing a ``.nii.gz`` up to the slice
-            (tens to hundreds of ms for a 512x512 volume). :class:`~monai_lessmore.transforms.LoadSliced` reads both kinds of item alike.
+            (tens to hundreds of ms for a 512x512 volume). :class:`~monai_lessmore.transforms.LoadSliced` reads both
+            kinds of item alike.
         duplicates: drop all but one volume of each group of duplicate volumes (the same scan twice, see
             :mod:`monai_lessmore.duplicates`): the path of a ``duplicates.csv`` written by ``lessmore duplicates``,
             or a dictionary of search options (``threshold`` 6, ``min_fraction`` 0.5, ``scope`` ``"dataset"``;

@@ -94,7 +94,8 @@ def results_markdown_table(recipe: dict[str, Any], rows: Sequence[dict[str, Any]
     lines = [f"# Experiment {recipe['name']}", ""]
     if recipe.get("description"):
         lines += [str(recipe["description"]).strip(), ""]
-    lines += [f"Pre-training: {recipe['pretrain']['method']} on {recipe['pretrain']['data']}; recipe {recipe['source']}.",
+    pre = recipe["pretrain"]
+    lines += [f"Pre-training: {pre['method']} on {pre['data']}; recipe {recipe['source']}.",
               "Downstream: mean ± std over the runs (or folds) of each task's protocol; the from-scratch baseline "
               "first (the paper's Table 3), then one row per reduction (Tables 4-7). Pre-training time: wall "
               "seconds of the training loop, with the speed-up against the first reduction.", ""]
