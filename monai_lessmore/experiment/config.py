@@ -51,6 +51,8 @@ _DOWNSTREAM = {"baseline", "tasks", "overrides"}
 _TASK = {"name", "overrides", "data"}
 _SUFFIXES = (".yaml", ".yml", ".json")
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+#: recipe, reduction and task names: they name folders
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 class ExperimentError(ValueError):
@@ -152,7 +154,7 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
         raise
     cfg["source"] = source
     cfg["name"] = str(cfg.get("name") or Path(source).stem)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cfg["name"]):
+    if not _NAME.fullmatch(cfg["name"]):
         raise ExperimentError(f"{source}: name must be a short name of letters, digits, '.', '_', '+', '-' (it names "
                               f"the default output folder), got {cfg['name']!r}")
     if isinstance(cfg.get("seed", 0), bool) or not isinstance(cfg.get("seed", 0), int):
@@ -181,7 +183,7 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
     for i, red in enumerate(reductions):
         red = _check_keys(f"reductions[{i}]", red, _REDUCTION, source)
         name = str(red.get("name", ""))
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        if not _NAME.fullmatch(name):
             raise ExperimentError(f"{source}: reductions[{i}].name must be a short name of letters, digits, '.', '_', "
                                   f"'+', '-' (it names a folder), got {name!r}")
         if name in seen:
@@ -210,7 +212,7 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
     for i, task in enumerate(tasks):
         task = _check_keys(f"downstream.tasks[{i}]", task, _TASK, source)
         name = str(task.get("name", ""))
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name) or name in names:
+        if not _NAME.fullmatch(name) or name in names:
             raise ExperimentError(f"{source}: downstream.tasks[{i}].name must be a unique short name, got {name!r}")
         names.add(name)
         if "data" in task:
