@@ -4,7 +4,8 @@ Wolf et al. (2024), section 2.3: "We add one linear layer to the pre-trained enc
 ResNet50 (:class:`monai_lessmore.networks.ResNet50`, torchvision's key names), so an encoder exported by the
 pre-training bundle, the authors' SwAV checkpoints (keys prefixed ``model.``) or another bundle's
 ``models/model.pt`` load straight in through :func:`monai_lessmore.networks.load_encoder_weights`.
-Loading never falls back silently to random weights: any missing encoder key is an error.
+Loading never falls back silently to random weights: any missing encoder key is an error. ``backbone`` builds
+another torchvision ResNet instead, for encoders pre-trained with the same ``backbone``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from monai_lessmore.networks.resnet import ResNet50
+from monai_lessmore.networks.resnet import ResNet
 from monai_lessmore.networks.weights import EncoderLoadError, load_encoder_weights, read_state_dict
 
 __all__ = ["ResNet50Classifier", "EncoderLoadError", "load_encoder_state_dict"]
@@ -34,7 +35,7 @@ def load_encoder_state_dict(
     return load_encoder_weights(model, state, prefix=prefix, source=source, hint=_HINT)
 
 
-class ResNet50Classifier(ResNet50):
+class ResNet50Classifier(ResNet):
     """The package's ResNet50 whose ``fc`` is one ``Linear(2048, num_classes)`` (section 2.3).
 
     The state dict keeps torchvision's names (``conv1.weight`` ... ``fc.bias``) so it is a plain
@@ -46,6 +47,8 @@ class ResNet50Classifier(ResNet50):
         pretrained_encoder: optional encoder state dict file (torchvision key names, or a known prefix).
         pretrained_bundle: optional MONAI bundle folder whose ``models/model.pt`` provides the encoder.
         encoder_key_prefix: prefix to strip from the file's keys (default: detected).
+        backbone: the torchvision ResNet (``"resnet50"``, the paper's; ``"resnet18"`` ... for an encoder pre-trained
+            with that backbone; the head is then ``Linear(512, num_classes)`` for ``resnet18``/``resnet34``).
 
     Raises:
         EncoderLoadError: see :func:`monai_lessmore.networks.load_encoder_weights`.
@@ -57,6 +60,7 @@ class ResNet50Classifier(ResNet50):
         pretrained_encoder: str | None = None,
         pretrained_bundle: str | None = None,
         encoder_key_prefix: str | None = None,
+        backbone: str = "resnet50",
     ) -> None:
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -65,7 +69,7 @@ class ResNet50Classifier(ResNet50):
                 "give either pretrained_encoder or pretrained_bundle, not both "
                 f"(got {pretrained_encoder!r} and {pretrained_bundle!r})"
             )
-        super().__init__(num_classes=int(num_classes))
+        super().__init__(backbone, num_classes=int(num_classes))
         self.load_report: dict[str, list[str]] | None = None
         source = pretrained_encoder or pretrained_bundle
         if source:

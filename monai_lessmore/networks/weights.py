@@ -114,6 +114,7 @@ def load_encoder_weights(
             or (``strict``) unexpected keys.
     """
     own = model.state_dict()
+    arch = str(getattr(model, "arch", "resnet50")).replace("resnet", "ResNet")  # for messages
     head = [k for k in HEAD_KEYS if k in own]
     encoder_keys = [k for k in own if k not in head]
     state = strip_prefix(state, set(own), prefix)
@@ -121,7 +122,7 @@ def load_encoder_weights(
     unexpected = sorted(k for k in state if k not in own and not (k in HEAD_KEYS and not head))
     if missing or (strict and unexpected):
         raise EncoderLoadError(
-            f"{source} does not fit torchvision's ResNet50: {len(missing)} of the {len(encoder_keys)} encoder keys "
+            f"{source} does not fit torchvision's {arch}: {len(missing)} of the {len(encoder_keys)} encoder keys "
             f"are missing, e.g. {missing[:8]}; {len(unexpected)} unexpected keys, e.g. {unexpected[:8]}. {hint}"
         )
     wanted = list(encoder_keys)
@@ -134,12 +135,13 @@ def load_encoder_weights(
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wanted
              if state[k].shape != own[k].shape]
     if wrong:
-        raise EncoderLoadError(f"{source}: tensor shapes do not match ResNet50: {wrong[:8]}")
+        raise EncoderLoadError(f"{source}: tensor shapes do not match {arch}: {wrong[:8]}; a file of another "
+                               f"ResNet depth needs the same backbone")
     result = model.load_state_dict({k: state[k] for k in wanted}, strict=False)
     report = {"missing": sorted(result.missing_keys), "unexpected": unexpected}
-    logger.info(f"loaded {len(wanted)} ResNet50 tensors from {source}; left as initialised: {report['missing']}")
+    logger.info(f"loaded {len(wanted)} {arch} tensors from {source}; left as initialised: {report['missing']}")
     if unexpected:
-        logger.warning(f"{source}: ignored {len(unexpected)} keys not in ResNet50, e.g. {unexpected[:8]}")
+        logger.warning(f"{source}: ignored {len(unexpected)} keys not in {arch}, e.g. {unexpected[:8]}")
     return report
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from monai_lessmore.networks.resnet import ENCODER_DIM, resnet50_encoder
+from monai_lessmore.networks.resnet import ENCODER_DIM, encoder_dim, resnet50_encoder, resnet_encoder
 
-__all__ = ["resnet50_encoder", "ENCODER_DIM", "unwrap"]
+__all__ = ["resnet50_encoder", "resnet_encoder", "encoder_dim", "ENCODER_DIM", "unwrap"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:

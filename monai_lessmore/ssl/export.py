@@ -15,7 +15,7 @@ from torch import nn
 
 from monai_lessmore.ssl.backbone import unwrap
 
-__all__ = ["encoder_state_dict", "export_encoder", "export_from_checkpoint"]
+__all__ = ["encoder_arch", "encoder_state_dict", "export_encoder", "export_from_checkpoint"]
 
 
 def _backbone(model: nn.Module) -> nn.Module:
@@ -25,6 +25,11 @@ def _backbone(model: nn.Module) -> nn.Module:
             sub = getattr(m, name)
             return getattr(sub, "resnet", sub)
     return m
+
+
+def encoder_arch(model: nn.Module) -> str:
+    """The torchvision name of ``model``'s encoder (``"resnet50"`` unless it was built as another ResNet)."""
+    return str(getattr(_backbone(model), "arch", "resnet50"))
 
 
 def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

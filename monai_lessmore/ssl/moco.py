@@ -15,7 +15,7 @@ from torch import nn
 
 from collections.abc import Callable
 
-from monai_lessmore.ssl.backbone import ENCODER_DIM, resnet50_encoder
+from monai_lessmore.ssl.backbone import ENCODER_DIM, encoder_dim, resnet_encoder
 from monai_lessmore.utils.distributed import get_rank, get_world_size, is_distributed
 
 __all__ = ["MoCoProjectionHead", "MoCoLoss", "MoCoModel", "update_momentum", "concat_all_gather", "shuffled_keys"]
@@ -132,15 +132,17 @@ class MoCoModel(nn.Module):
         shuffle_bn: in train mode, compute keys with :func:`shuffled_keys` (the official code's shuffling BN).
         bn_splits: sub-batches for the keys when there is a single process (see :func:`shuffled_keys`); under DDP
             each rank's share of the shuffled global batch is one sub-batch.
+        backbone: the torchvision ResNet of both encoders (the paper: ``"resnet50"``).
     """
 
-    def __init__(self, hidden_dim: int = 2048, output_dim: int = 128, shuffle_bn: bool = True, bn_splits: int = 2) -> None:
+    def __init__(self, hidden_dim: int = 2048, output_dim: int = 128, shuffle_bn: bool = True, bn_splits: int = 2,
+                 backbone: str = "resnet50") -> None:
         super().__init__()
         if isinstance(bn_splits, bool) or not isinstance(bn_splits, int) or bn_splits < 1:
             raise ValueError(f"bn_splits must be a positive integer, got {bn_splits!r}")
         self.shuffle_bn, self.bn_splits = bool(shuffle_bn), bn_splits
-        self.backbone = resnet50_encoder()
-        self.projection_head = MoCoProjectionHead(ENCODER_DIM, hidden_dim, output_dim)
+        self.backbone = resnet_encoder(backbone)
+        self.projection_head = MoCoProjectionHead(encoder_dim(backbone), hidden_dim, output_dim)
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         for p in list(self.backbone_momentum.parameters()) + list(self.projection_head_momentum.parameters()):

@@ -250,16 +250,17 @@ class DownstreamProbe:
     # -- work -------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def embed(self, network: torch.nn.Module) -> np.ndarray:
-        """``(N, 2048)`` L2-normalised features of the probe set with ``network``'s encoder weights."""
-        from monai_lessmore.networks import ResNet50
-        from monai_lessmore.ssl.export import encoder_state_dict
+        """``(N, D)`` L2-normalised features of the probe set with ``network``'s encoder weights (D = 2048 for a
+        ResNet50)."""
+        from monai_lessmore.networks import resnet_encoder
+        from monai_lessmore.ssl.export import encoder_arch, encoder_state_dict
 
         if self.images is None:
             self.load()
         state = encoder_state_dict(network)
         device = torch.device(self.device) if self.device else next(iter(state.values())).device
         if self._evaluator is None:
-            self._evaluator = ResNet50(num_classes=0).eval()
+            self._evaluator = resnet_encoder(encoder_arch(network)).eval()
         net = self._evaluator.to(device)
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
         mean, std = _MEAN.to(device), _STD.to(device)

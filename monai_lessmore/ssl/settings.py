@@ -33,7 +33,8 @@ _INSTEAD = {
 }
 
 
-def check_method_settings(method: str, settings: Mapping[str, Any], input_size: int | None = None) -> list[str]:
+def check_method_settings(method: str, settings: Mapping[str, Any], input_size: int | None = None,
+                          backbone: str = "resnet50") -> list[str]:
     """Warn (``UserWarning``) about each setting in ``settings`` that ``method`` ignores but has a value (not
     ``None``), and about crops larger than ``input_size``. Returns the warning messages.
 
@@ -41,9 +42,16 @@ def check_method_settings(method: str, settings: Mapping[str, Any], input_size: 
         method: ``"swav"``, ``"moco"`` or ``"spark"``.
         settings: the method-specific settings of the merged config (the bundle's ``method_settings``).
         input_size: the side of the resized slice the crops are taken from.
+        backbone: the encoder's torchvision name; SparK's sparse encoder and decoder are built for ``"resnet50"``.
+
+    Raises:
+        ValueError: an unknown method, or SparK with another backbone than ResNet50.
     """
     if method not in METHOD_SETTINGS:
         raise ValueError(f"method must be one of {tuple(METHOD_SETTINGS)}, got {method!r}")
+    if method == "spark" and backbone != "resnet50":
+        raise ValueError(f"backbone={backbone!r}: SparK's decoder is built on ResNet50's stage widths; use "
+                         "backbone 'resnet50' with SparK, or SwAV / MoCo v2 for another ResNet")
     owner = {k: m for m, keys in METHOD_SETTINGS.items() for k in keys}
     messages = []
     for key, value in settings.items():

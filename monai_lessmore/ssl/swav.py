@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from monai_lessmore.ssl.backbone import ENCODER_DIM, resnet50_encoder
+from monai_lessmore.ssl.backbone import ENCODER_DIM, encoder_dim, resnet_encoder
 from monai_lessmore.utils.distributed import get_world_size, is_distributed
 
 __all__ = ["sinkhorn", "SwAVProjectionHead", "SwAVPrototypes", "SwAVLoss", "SwAVModel"]
@@ -167,17 +167,19 @@ class SwAVLoss(nn.Module):
 
 
 class SwAVModel(nn.Module):
-    """ResNet50 encoder + :class:`SwAVProjectionHead` + :class:`SwAVPrototypes`.
+    """ResNet50 encoder (or another torchvision ResNet, ``backbone``) + :class:`SwAVProjectionHead` +
+    :class:`SwAVPrototypes`.
 
     ``forward(crops)`` takes the list of crop batches (2 x 224 px then 6 x 96 px), runs consecutive crops of the same
     resolution through the encoder together, and returns ``(embeddings, scores)``: lists per crop of the
     L2-normalised ``(B, 128)`` embeddings and ``(B, K)`` prototype scores.
     """
 
-    def __init__(self, hidden_dim: int = 2048, output_dim: int = 128, num_prototypes: int = 500) -> None:
+    def __init__(self, hidden_dim: int = 2048, output_dim: int = 128, num_prototypes: int = 500,
+                 backbone: str = "resnet50") -> None:
         super().__init__()
-        self.backbone = resnet50_encoder()
-        self.projection_head = SwAVProjectionHead(ENCODER_DIM, hidden_dim, output_dim)
+        self.backbone = resnet_encoder(backbone)
+        self.projection_head = SwAVProjectionHead(encoder_dim(backbone), hidden_dim, output_dim)
         self.prototypes = SwAVPrototypes(output_dim, num_prototypes)
 
     def forward(self, crops: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -240,6 +240,39 @@ def test_export_loads_into_torchvision(phantom_dir, tmp_path):
     assert sorted(res.missing_keys) == ["fc.bias", "fc.weight"] and not res.unexpected_keys
 
 
+def test_epoch_length_sets_the_iterations_and_the_schedule(phantom_dir, tmp_path):
+    """epoch_length 3 on a 2-batch dataset: 3 iterations per epoch, the loader carrying on across epochs, and an LR
+    schedule of max_epochs x 3 iterations (its last value reached on the last iteration)."""
+    wf = ConfigWorkflow(config_file=FILES["swav"], run_id="training", logging_file=False, workflow_type=None,
+                        **_overrides("swav", phantom_dir, tmp_path, max_epochs=2, epoch_length=3, warmup_epochs=1))
+    wf.initialize()
+    assert len(wf.parser.get_parsed_content("train_loader")) == 2
+    schedule = wf.parser.get_parsed_content("lr_schedule")
+    wf.run()
+    trainer = wf.parser.get_parsed_content("trainer")
+    assert trainer.state.epoch_length == 3 and trainer.state.iteration == 6 and len(schedule) == 6
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(schedule[-1])
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["epoch_length"] == 3
+
+
+def test_a_resnet18_backbone_pretrains_and_exports_torchvisions_resnet18(phantom_dir, tmp_path):
+    from monai_lessmore.classification.network import EncoderLoadError, ResNet50Classifier
+    from monai_lessmore.utils.torchvision_compat import import_torchvision
+
+    trainer = run_bundle("swav", phantom_dir, tmp_path, backbone="resnet18")
+    assert trainer.network.projection_head.layers[0].in_features == 512
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    res = import_torchvision("models").resnet18().load_state_dict(state, strict=False)
+    assert sorted(res.missing_keys) == ["fc.bias", "fc.weight"] and not res.unexpected_keys
+    assert ResNet50Classifier(backbone="resnet18", pretrained_encoder=str(tmp_path / "model.pt")).load_report
+    with pytest.raises(EncoderLoadError, match="does not fit torchvision's ResNet50"):
+        ResNet50Classifier(pretrained_encoder=str(tmp_path / "model.pt"))
+    moco = run_bundle("moco", phantom_dir, tmp_path / "moco", backbone="resnet18")
+    assert moco.network.backbone.arch == moco.network.backbone_momentum.arch == "resnet18"
+    raises_in_chain(r"backbone='resnet18': SparK's decoder is built on ResNet50's stage widths", run_bundle,
+                    "spark", phantom_dir, tmp_path / "spark", backbone="resnet18")
+
+
 def test_run_entry_point_and_cli(phantom_dir, tmp_path):
     """``python -m monai.bundle run`` (default run_id "run") from the command line."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", FILES["swav"][0]]

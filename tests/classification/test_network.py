@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from monai_lessmore.classification.network import EncoderLoadError, ResNet50Classifier, load_encoder_state_dict
-from monai_lessmore.networks.resnet import ResNet50
+from monai_lessmore.networks.resnet import ResNet, ResNet50
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,44 @@ def test_one_resnet50_for_pretraining_finetuning_bundle_and_deepnet():
     parser.read_config(str(REPO_ROOT / "bundles" / "lessmore_hash6_resnet50" / "configs" / "inference.json"))
     bundle_net = parser.get_parsed_content("network_def")
     for net in (ResNet50Classifier(), ResNet50Embedder(weights="random").model, bundle_net):
-        assert type(net).__mro__[:2][-1] is ResNet50 or type(net) is ResNet50
+        assert isinstance(net, ResNet) and net.arch == "resnet50"
+
+
+@pytest.mark.parametrize("arch, dim", [("resnet18", 512), ("resnet34", 512), ("resnet101", 2048)])
+def test_other_backbones_are_torchvision_resnets_with_the_same_init(arch, dim):
+    """``backbone`` builds torchvision's model of that name: same keys and shapes, the same random draws for a seed,
+    the same outputs once loaded (torchvision is the oracle)."""
+    from monai_lessmore.networks import encoder_dim, resnet_encoder
+    from monai_lessmore.utils.torchvision_compat import import_torchvision
+
+    torch.manual_seed(7)
+    net = ResNet(arch, num_classes=1000)
+    torch.manual_seed(7)
+    ref = getattr(import_torchvision("models"), arch)()
+    assert list(net.state_dict()) == list(ref.state_dict())
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[k], v)
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.allclose(net.eval()(x), ref.eval()(x))
+    assert encoder_dim(arch) == dim and resnet_encoder(arch).eval()(x).shape == (1, dim)
+    clf = ResNet50Classifier(num_classes=3, backbone=arch)
+    assert clf.fc.in_features == dim and clf.arch == arch
+
+
+def test_an_encoder_of_another_depth_is_refused_naming_the_backbone(tmp_path):
+    from monai_lessmore.networks import resnet_encoder
+
+    path = tmp_path / "r18.pt"
+    torch.save(resnet_encoder("resnet18").state_dict(), path)
+    loaded = ResNet50Classifier(num_classes=2, backbone="resnet18", pretrained_encoder=str(path))
+    assert loaded.load_report["missing"] == ["fc.bias", "fc.weight"]
+    with pytest.raises(EncoderLoadError, match=r"does not fit torchvision's ResNet50: .* encoder keys are missing"):
+        ResNet50Classifier(num_classes=2, pretrained_encoder=str(path))
+    torch.save(resnet_encoder("resnet50").state_dict(), path)  # the ResNet18 keys are all there, with other shapes
+    with pytest.raises(EncoderLoadError, match=r"r18.pt: tensor shapes do not match ResNet18: .*same backbone"):
+        ResNet50Classifier(num_classes=2, backbone="resnet18", pretrained_encoder=str(path))
+    with pytest.raises(ValueError, match=r"backbone must be one of torchvision's ResNets .*got 'vgg16'"):
+        ResNet50Classifier(backbone="vgg16")
 
 
 def test_load_report_strips_prefix_and_lists_keys(encoder_file):
