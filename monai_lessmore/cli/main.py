@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also write the report figures (as `lessmore report DIR`) at the end")
 
     e = sub.add_parser("experiment", help="the paper's experiment from a recipe: reduce, pre-train, fine-tune per reduction; results.md/.csv and a plot")
-    e.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a shipped preset: tiny (about a minute, no external data), cpu-small (about half an hour on 2 CPU cores), paper (the paper's settings, for a GPU); see configs/experiments")
+    e.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a shipped preset: tiny (about a minute, no external data), cpu-small (about half an hour on 2 CPU cores), cpu-long (trained until the loss levels off, under 2 hours on 2 CPU cores), paper (the paper's settings, for a GPU); see configs/experiments")
     e.add_argument("--output", "-o", default=None, help="experiment folder (default: lessmore_experiment_<name>); run the same command again to resume it")
     e.add_argument("--data-root", default=None, metavar="DIR", help="replaces the recipe's data_root (${data_root} in its paths)")
     e.add_argument("--reductions", default=None, metavar="NAMES", help="comma-separated reductions of the recipe to run (default: all), e.g. ALL,HASH-6")

@@ -6,6 +6,7 @@ downstream tasks with their overrides of the classification bundle::
     name: my-run
     data_root: /data                      # ${data_root} in any string below; --data-root replaces it
     seed: 0
+    backbone: resnet50                    # torchvision ResNet of pre-training and fine-tuning (default resnet50)
     pretrain:
       data: ${data_root}/ct               # folder of CT volumes (recursive), or {generate: phantom, ...}
       method: swav                        # swav | moco | spark
@@ -13,16 +14,22 @@ downstream tasks with their overrides of the classification bundle::
     reductions:
       - {name: ALL, config: {method: none}}
       - {name: HASH-6, config: hash6}     # a preset of configs/reduction, a file, or reducer arguments
+      - {name: ALL-iters, config: {method: none}, match_iterations: HASH-6}   # ALL for HASH-6's iterations
+    compare: [[HASH-6, ALL]]              # paired per-seed differences (default: each reduction - the first)
     downstream:
       baseline: true                      # the random-initialisation row first, as the paper's Table 3
       tasks:
         - name: COVID-CT
           overrides: {dataset: covid_ct, data_root: "${data_root}/covid_ct", num_runs: 5}
 
+``match_iterations: NAME`` makes a compute-matched control: the row pre-trains on its own kept slices with the
+epoch length (iterations per epoch) of the earlier reduction ``NAME``, so with the same epochs it runs ``NAME``'s
+iterations under ``NAME``'s learning-rate schedule, iteration for iteration.
+
 Relative paths are relative to the folder the command runs in (not to the recipe file).
-Shipped presets live in ``configs/experiments`` (``tiny``, ``cpu-small``, ``paper``); :func:`load_experiment`
-accepts a preset name or a file. Unknown keys, a bad method, duplicate names or a reduction config that is not
-a valid preset are reported with the file and the key, before anything runs.
+Shipped presets live in ``configs/experiments`` (``tiny``, ``cpu-small``, ``cpu-long``, ``paper``);
+:func:`load_experiment` accepts a preset name or a file. Unknown keys, a bad method, duplicate names or a reduction
+config that is not a valid preset are reported with the file and the key, before anything runs.
 """
 
 from __future__ import annotations
@@ -44,9 +51,9 @@ METHODS = {"swav": (), "moco": ("train_moco.json",), "spark": ("train_spark.json
 GENERATORS = ("phantom", "phantom_regions")
 #: their arguments (:func:`monai_lessmore.phantom.write_phantom_dataset`, ``write_phantom_classification``)
 GENERATOR_ARGS = {"phantom": ("volumes", "slices", "size", "seed"), "phantom_regions": ("per_split", "size", "seed")}
-_TOP = {"name", "description", "data_root", "seed", "pretrain", "reductions", "downstream"}
+_TOP = {"name", "description", "data_root", "seed", "backbone", "pretrain", "reductions", "compare", "downstream"}
 _PRETRAIN = {"data", "method", "overrides"}
-_REDUCTION = {"name", "config"}
+_REDUCTION = {"name", "config", "match_iterations"}
 _DOWNSTREAM = {"baseline", "tasks", "overrides"}
 _TASK = {"name", "overrides", "data"}
 _SUFFIXES = (".yaml", ".yml", ".json")
@@ -118,11 +125,34 @@ def _check_data(where: str, data: Any, source: str, generators: tuple[str, ...])
                           f"got {data!r}")
 
 
+def _check_compare(compare: Any, names: list[str], source: str) -> list[list[str]]:
+    """The paired comparisons ``[[A, B], ...]`` (A - B per seed); default: every reduction against the first."""
+    if compare is None:
+        return [[name, names[0]] for name in names[1:]]
+    pairs = []
+    if isinstance(compare, list):
+        for pair in compare:
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair)):
+                break
+            unknown = [n for n in pair if n not in names]
+            if unknown:
+                raise ExperimentError(f"{source}: compare names {unknown}, which are not reductions of the recipe "
+                                      f"({names})")
+            if pair[0] == pair[1]:
+                raise ExperimentError(f"{source}: compare pairs {pair[0]} with itself")
+            pairs.append(list(pair))
+        else:
+            return pairs
+    raise ExperimentError(f"{source}: compare must be a list of [A, B] pairs of reduction names (A - B per seed), "
+                          f"got {compare!r}")
+
+
 def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root: str | None = None) -> dict[str, Any]:
     """Read, check and resolve a recipe.
 
     Args:
-        recipe: a YAML/JSON file, the name of a shipped preset (``tiny``, ``cpu-small``, ``paper``) or a mapping.
+        recipe: a YAML/JSON file, the name of a shipped preset (``tiny``, ``cpu-small``, ``cpu-long``, ``paper``) or
+            a mapping.
         data_root: replaces the recipe's ``data_root`` (the value of ``${data_root}``).
 
     Returns:
@@ -160,6 +190,12 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
     if isinstance(cfg.get("seed", 0), bool) or not isinstance(cfg.get("seed", 0), int):
         raise ExperimentError(f"{source}: seed must be an integer, got {cfg.get('seed')!r}")
     cfg["seed"] = int(cfg.get("seed", 0))
+    from monai_lessmore.networks.resnet import ARCHITECTURES
+
+    cfg["backbone"] = cfg.get("backbone") or "resnet50"
+    if cfg["backbone"] not in ARCHITECTURES:
+        raise ExperimentError(f"{source}: backbone must be one of torchvision's ResNets {sorted(ARCHITECTURES)}, got "
+                              f"{cfg['backbone']!r}")
 
     pre = _check_keys("pretrain", cfg.get("pretrain", {}), _PRETRAIN, source)
     if "data" not in pre:
@@ -168,6 +204,9 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
     pre.setdefault("method", "swav")
     if pre["method"] not in METHODS:
         raise ExperimentError(f"{source}: pretrain.method must be one of {sorted(METHODS)}, got {pre['method']!r}")
+    if pre["method"] == "spark" and cfg["backbone"] != "resnet50":
+        raise ExperimentError(f"{source}: backbone {cfg['backbone']} with pretrain.method spark: SparK's decoder is "
+                              "built on ResNet50; use backbone resnet50 or method swav / moco")
     if not isinstance(pre.get("overrides") or {}, Mapping):
         raise ExperimentError(f"{source}: pretrain.overrides must be a mapping of bundle config keys")
     pre["overrides"] = dict(pre.get("overrides") or {})
@@ -196,8 +235,20 @@ def load_experiment(recipe: str | os.PathLike | Mapping[str, Any], *, data_root:
             reducer = load_reduction_config(red["config"])
         except (ValueError, FileNotFoundError) as err:
             raise ExperimentError(f"{source}: reductions[{i}] ({name}): {err}") from err
-        resolved.append({"name": name, "config": red["config"], "reducer": reducer})
+        entry = {"name": name, "config": red["config"], "reducer": reducer}
+        if red.get("match_iterations") is not None:
+            target = red["match_iterations"]
+            earlier = {r["name"]: r for r in resolved}
+            if target not in earlier:
+                raise ExperimentError(f"{source}: reductions[{i}] ({name}): match_iterations must name a reduction "
+                                      f"listed before it, one of {sorted(earlier)}; got {target!r}")
+            if "match_iterations" in earlier[target]:
+                raise ExperimentError(f"{source}: reductions[{i}] ({name}): match_iterations names {target}, which "
+                                      "matches another reduction itself; name the reduction it matches")
+            entry["match_iterations"] = str(target)
+        resolved.append(entry)
     cfg["reductions"] = resolved
+    cfg["compare"] = _check_compare(cfg.get("compare"), [r["name"] for r in resolved], source)
 
     down = _check_keys("downstream", cfg.get("downstream") or {}, _DOWNSTREAM, source)
     if not isinstance(down.get("baseline", True), bool):

@@ -12,8 +12,10 @@ For every reduction of a recipe (:mod:`monai_lessmore.experiment.config`) the ru
    baseline (``downstream/<TASK>/scratch/``) comes first, as in the paper's Table 3;
 
 and writes ``results.csv``, ``results.md`` (the layout of the paper's Tables 4-7: one row per pre-training, the
-baseline first, AUC / F1 / accuracy as mean ± std per task, with the kept fraction and pre-training time) and
-``auc_vs_kept_fraction.png``.
+baseline first, AUC / F1 / accuracy as mean ± std per task, with the kept fraction and pre-training time; then every
+stage's wall time, iterations and loss plateau, and the recipe's paired per-seed comparisons), ``paired.csv``,
+``auc_vs_kept_fraction.png`` and ``loss_curves.png``. A reduction with ``match_iterations: NAME`` pre-trains with the
+epoch length of ``NAME`` (the bundle's ``epoch_length``): a compute-matched control with ``NAME``'s iterations.
 
 Every stage writes ``stage.json`` (its settings, then its figures when done). A stage whose record says done with the
 same settings is skipped, so a killed or failed experiment is resumed by running the same command again: the
@@ -57,8 +59,9 @@ NON_RESULT_KEYS = frozenset({"progress_bar", "num_workers", "device", "cache_rat
 RESERVED = {
     "pretrain": frozenset({"bundle_root", "dataset_dir", "output_dir", "export_path", "export_name", "reduction",
                            "reduction_method", "reduction_threshold", "reduction_cache_dir", "slice_store_dir",
-                           "reduction_duplicates", "seed", "resume", "method"}),
-    "downstream": frozenset({"bundle_root", "output_dir", "seed", "pretrained_encoder", "pretrained_bundle"}),
+                           "reduction_duplicates", "seed", "resume", "method", "epoch_length", "backbone"}),
+    "downstream": frozenset({"bundle_root", "output_dir", "seed", "pretrained_encoder", "pretrained_bundle",
+                             "backbone"}),
 }
 _PATH_KEYS = ("data_root", "npz_file", "csv_file")
 _LOCK = ".lessmore-experiment.lock"
@@ -297,18 +300,62 @@ class ExperimentRunner:
     def _reduce_settings(self, red: dict[str, Any], data: str) -> dict[str, Any]:
         return {"data": data, "reducer": red["reducer"]}
 
-    def _pretrain_settings(self, red: dict[str, Any], data: str) -> dict[str, Any]:
+    def _pretrain_settings(self, red: dict[str, Any], data: str, epoch_length: int | None = None) -> dict[str, Any]:
         pre = self.recipe["pretrain"]
-        return {"method": pre["method"], "data": data, "reducer": red["reducer"], "overrides": pre["overrides"],
-                "seed": self.recipe["seed"]}
+        settings = {"method": pre["method"], "data": data, "reducer": red["reducer"], "overrides": pre["overrides"],
+                    "seed": self.recipe["seed"], **self._backbone_setting()}
+        if epoch_length is not None:  # a compute-matched control: the epoch length of another reduction
+            settings.update({"match_iterations": red["match_iterations"], "epoch_length": epoch_length})
+        return settings
+
+    def _batch_size(self) -> int:
+        """The pre-training batch size: the recipe's override, else the bundle's (the method's file last)."""
+        batch = self.recipe["pretrain"]["overrides"].get("batch_size")
+        for f in self.pretrain_files if batch is None else ():
+            batch = json.loads(Path(f).read_text(encoding="utf-8")).get("batch_size", batch)
+        return int(batch)
+
+    def _epoch_length(self, red: dict[str, Any], data: str, *, run: bool = True) -> int | None:
+        """Iterations per epoch of the reduction that ``red`` matches (``match_iterations``), else ``None``.
+
+        The matched reduction's kept slices, in full batches (the pre-training loader drops the last partial
+        batch). Its reduction stage is run when ``run`` (done before: skipped).
+
+        Raises:
+            StageFailed: the matched reduction failed, is not done (``run=False``), or keeps fewer slices than a batch.
+        """
+        target = red.get("match_iterations")
+        if target is None:
+            return None
+        other = next(r for r in self.recipe["reductions"] if r["name"] == target)
+        record = (self._try(self._reduce, other, data) if run
+                  else self._done(self.out / "reduce" / target, self._reduce_settings(other, data)))
+        if record is None:
+            raise StageFailed(f"reduce/{target}")
+        length = int(record["n_kept"]) // self._batch_size()
+        if length < 1 and not run:
+            raise StageFailed(f"pretrain/{red['name']}")
+        if length < 1:
+            error = (f"ValueError: {red['name']} matches the iterations of {target}, which keeps {record['n_kept']} "
+                     f"slices, fewer than one batch of {self._batch_size()}; lower pretrain.overrides.batch_size")
+            self.failures.append({"stage": f"pretrain/{red['name']}", "error": error})
+            self.log(f"[pretrain/{red['name']}] FAILED: {error}")
+            raise StageFailed(f"pretrain/{red['name']}")
+        return length
 
     def _downstream_settings(self, task: dict[str, Any], encoder: dict[str, Any] | None,
                              data: str | None) -> dict[str, Any]:
         overrides = self._task_overrides(task)
         if data is not None:
             overrides.update({"dataset": "medmnist", "npz_file": data})
-        return {"task": task["name"], "overrides": overrides, "seed": self.recipe["seed"],
+        return {"task": task["name"], "overrides": overrides, "seed": self.recipe["seed"], **self._backbone_setting(),
                 "encoder_sha256": None if encoder is None else encoder["encoder_sha256"]}
+
+    def _backbone_setting(self) -> dict[str, str]:
+        """``{"backbone": name}`` for another backbone than the paper's ResNet50; nothing for the default, so the
+        records of runs made before the option existed still match."""
+        backbone = self.recipe.get("backbone") or "resnet50"
+        return {} if backbone == "resnet50" else {"backbone": backbone}
 
     def _reduce(self, red: dict[str, Any], data: str) -> dict[str, Any]:
         folder = self.out / "reduce" / red["name"]
@@ -347,12 +394,15 @@ class ExperimentRunner:
         pre = self.recipe["pretrain"]
         folder = self.out / "pretrain" / red["name"]
         run_dir, encoder = folder / "run", folder / "encoder.pt"
+        epoch_length = self._epoch_length(red, data)
         overrides = {
             "bundle_root": str(self.pretrain_bundle), "dataset_dir": data, "output_dir": str(run_dir),
             "export_path": str(encoder), "seed": self.recipe["seed"], "progress_bar": False,
             "reduction": {"_target_": "monai_lessmore.data.SliceReductionFilter", **self._filter_args(red)},
-            **pre["overrides"],
+            "backbone": self.recipe.get("backbone") or "resnet50", **pre["overrides"],
         }
+        if epoch_length is not None:
+            overrides["epoch_length"] = epoch_length
 
         def work() -> dict[str, Any]:
             wf = ConfigWorkflow(config_file=[str(f) for f in self.pretrain_files], run_id="training",
@@ -386,11 +436,13 @@ class ExperimentRunner:
                 "train_seconds_this_run": clock["seconds"], "seconds_per_epoch": per_epoch,
                 # the training loop's time (epochs only); a resumed run counts the epochs before it at its own rate
                 "pretrain_seconds": None if per_epoch is None else per_epoch * epochs,
+                "iterations_per_epoch": int(trainer.state.epoch_length),
+                "epoch_loss": [float(x) for x in getattr(trainer.state, "loss_history", None) or []],
                 "final_loss": (getattr(trainer.state, "loss_history", None) or [None])[-1],
                 "encoder_sha256": file_hash(encoder),
             }
 
-        record = self._stage(folder, self._pretrain_settings(red, data), work, resumable=True)
+        record = self._stage(folder, self._pretrain_settings(red, data, epoch_length), work, resumable=True)
         return {**record, "encoder": str(encoder)}  # from this folder, wherever the experiment was run from
 
     def _downstream(self, task: dict[str, Any], init: str, encoder: dict[str, Any] | None,
@@ -400,7 +452,8 @@ class ExperimentRunner:
         folder = self.out / "downstream" / task["name"] / init
         settings = self._downstream_settings(task, encoder, data)
         overrides = {"bundle_root": str(self.class_bundle), "output_dir": str(folder / "protocol"),
-                     "seed": self.recipe["seed"], **settings["overrides"]}
+                     "seed": self.recipe["seed"], "backbone": self.recipe.get("backbone") or "resnet50",
+                     **settings["overrides"]}
         if encoder is not None:
             overrides["pretrained_encoder"] = encoder["encoder"]
 
@@ -413,8 +466,10 @@ class ExperimentRunner:
             wf.run()
             wf.finalize()
             results = json.loads((folder / "protocol" / "results.json").read_text(encoding="utf-8"))
+            runs = results.get("runs", [])
             return {"summary": results["summary"], "protocol": results.get("protocol_description"),
-                    "n_runs": len(results.get("runs", []))}
+                    "n_runs": len(runs), "seeds": [r.get("seed") for r in runs],
+                    "run_seconds": [r.get("seconds") for r in runs]}
 
         return self._stage(folder, settings, work)
 
@@ -481,7 +536,11 @@ class ExperimentRunner:
         reduction = self._done(self.out / "reduce" / red["name"], self._reduce_settings(red, data))
         if reduction is None:
             return None
-        pretrain = self._done(self.out / "pretrain" / red["name"], self._pretrain_settings(red, data))
+        try:
+            epoch_length = self._epoch_length(red, data, run=False)
+        except StageFailed:
+            return None
+        pretrain = self._done(self.out / "pretrain" / red["name"], self._pretrain_settings(red, data, epoch_length))
         if pretrain is not None:
             pretrain = {**pretrain, "encoder": str(self.out / "pretrain" / red["name"] / "encoder.pt")}
         row = {"name": red["name"], "reduction": reduction, "pretrain": pretrain, "tasks": {}, "not_run": True}
@@ -528,9 +587,14 @@ class ExperimentRunner:
         """Print the recipe's reductions, tasks, missing data and the state of every stage (``--dry-run``)."""
         pre = self.recipe["pretrain"]
         self.log(f"experiment {self.recipe['name']} ({self.recipe['source']}) into {self.out}")
-        self.log(f"pre-training: {pre['method']} on {pre['data']}, overrides {pre['overrides']}")
+        self.log(f"pre-training: {pre['method']} ({self.recipe.get('backbone') or 'resnet50'}) on {pre['data']}, "
+                 f"overrides {pre['overrides']}")
         for red in self.reductions:
-            self.log(f"reduction {red['name']}: {red['reducer']}")
+            match = (f", the iterations per epoch of {red['match_iterations']}" if red.get("match_iterations")
+                     else "")
+            self.log(f"reduction {red['name']}: {red['reducer']}{match}")
+        for a, b in self.recipe.get("compare") or []:
+            self.log(f"paired comparison: {a} - {b} per seed")
         for task in self.recipe["downstream"]["tasks"]:
             self.log(f"task {task['name']}: {task.get('data', '')} overrides {task['overrides']}")
         if self.missing:

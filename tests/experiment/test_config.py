@@ -22,7 +22,7 @@ def _recipe(**changes):
 
 
 def test_shipped_presets_resolve():
-    assert {"tiny", "cpu-small", "paper"} <= set(experiment_presets())
+    assert {"tiny", "cpu-small", "cpu-long", "paper"} <= set(experiment_presets())
     for name in experiment_presets():
         recipe = load_experiment(name, data_root="/data")
         assert recipe["name"] == name
@@ -33,6 +33,18 @@ def test_shipped_presets_resolve():
     assert {r["name"] for r in paper["reductions"]} == {"ALL", "EveryN-10", "HASH-3", "HASH-6", "HASH-12", "SSIM-10",
                                                         "MI-10", "DeepNet-10"}
     assert paper["pretrain"]["overrides"] == {"progress_bar": False}  # the bundle's defaults are the paper's
+    assert paper["backbone"] == "resnet50"
+
+
+def test_cpu_long_has_the_compute_matched_row_and_the_paired_comparisons():
+    recipe = load_experiment("cpu-long", data_root="/data")
+    assert recipe["backbone"] == "resnet18"
+    assert [r["name"] for r in recipe["reductions"]] == ["ALL", "HASH-6", "EveryN-10", "ALL-iters-HASH-6"]
+    matched = recipe["reductions"][3]
+    assert matched["match_iterations"] == "HASH-6" and matched["reducer"] == {"method": "none"}
+    assert ["HASH-6", "ALL"] in recipe["compare"] and ["HASH-6", "ALL-iters-HASH-6"] in recipe["compare"]
+    overrides = recipe["downstream"]["tasks"][0]["overrides"]
+    assert overrides["num_runs"] >= 3 and overrides["freeze_epochs"] == overrides["max_epochs"]  # a linear probe
 
 
 def test_placeholders_presets_and_task_overrides_are_resolved():
@@ -42,6 +54,8 @@ def test_placeholders_presets_and_task_overrides_are_resolved():
     task = recipe["downstream"]["tasks"][0]
     assert task["overrides"] == {"num_runs": 1, "data_root": "/elsewhere/covid_ct"}  # shared overrides merged in
     assert recipe["downstream"]["baseline"] is True and recipe["seed"] == 0
+    assert recipe["compare"] == [["HASH-6", "ALL"]]  # default: every reduction against the first
+    assert recipe["backbone"] == "resnet50" and "match_iterations" not in recipe["reductions"][1]
 
 
 def test_a_recipe_file_is_read(tmp_path):
@@ -67,6 +81,17 @@ def test_a_recipe_file_is_read(tmp_path):
         ({"downstream": {"task": []}}, r"unknown keys \['task'\] in downstream"),
         ({"pretrain": {"data": "${root}/ct"}}, r"unknown placeholder \$\{root\}"),
         ({"pretrain": {"data": {"generate": "phantom", "n": 2}}}, r"unknown keys \['n'\] in pretrain.data"),
+        ({"reductions": [{"name": "A", "config": "hash6", "match_iterations": "B"}, {"name": "B", "config": "hash6"}]},
+         r"reductions\[0\] \(A\): match_iterations must name a reduction listed before it, one of \[\]; got 'B'"),
+        ({"reductions": [{"name": "A", "config": "hash6"}, {"name": "B", "config": "hash6", "match_iterations": "A"},
+                         {"name": "C", "config": "hash6", "match_iterations": "B"}]},
+         r"reductions\[2\] \(C\): match_iterations names B, which matches another reduction itself"),
+        ({"compare": [["HASH-6", "EveryN"]]}, r"compare names \['EveryN'\], which are not reductions"),
+        ({"compare": [["HASH-6", "HASH-6"]]}, r"compare pairs HASH-6 with itself"),
+        ({"compare": ["HASH-6", "ALL"]}, r"compare must be a list of \[A, B\] pairs"),
+        ({"backbone": "vgg16"}, r"backbone must be one of torchvision's ResNets \['resnet101'.*got 'vgg16'"),
+        ({"backbone": "resnet18", "pretrain": {"data": "/d", "method": "spark"}},
+         r"backbone resnet18 with pretrain.method spark: SparK's decoder is built on ResNet50"),
     ],
 )
 def test_bad_recipes_are_refused_naming_the_key(changes, message):

@@ -1,5 +1,5 @@
 """``lessmore experiment``: the tiny preset end to end, skipping done stages, refusing changed settings, resuming a
-pre-training that died, and going on past a failed stage."""
+pre-training that died, going on past a failed stage, and a compute-matched row with another backbone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from ignite.engine import Events
 
@@ -34,6 +35,14 @@ class DieAtEpoch:
             raise RuntimeError("simulated crash")
 
 
+class DieInMatchedRun(DieAtEpoch):
+    """:class:`DieAtEpoch` only in a run whose epochs are shorter than its data (a compute-matched control)."""
+
+    def __call__(self, engine) -> None:
+        if engine.state.epoch_length != len(engine.data_loader):
+            super().__call__(engine)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """The tiny preset run from its parent folder with a relative --output (as a user types it)."""
@@ -53,10 +62,11 @@ def test_tiny_preset_runs_every_stage_and_writes_the_tables(tiny_run):
     code, out = tiny_run
     assert code == 0
     rows = _table(out)
-    assert rows[0].startswith("| Pre-training | Kept slices | Pre-training time | phantom-regions AUC |")
-    assert rows[1].startswith("| none (random init) | — | — | ")  # the baseline first, as the paper's Table 3
-    assert rows[2].startswith("| ALL | 40 of 40 (100.0 %) | ")
-    assert rows[3].startswith("| HASH-6 | ") and rows[3].split(" | ")[2].endswith("x")  # speed-up against ALL
+    assert rows[0].startswith("| Pre-training | Kept slices | Epochs / iterations | Pre-training time | "
+                              "phantom-regions AUC |")
+    assert rows[1].startswith("| none (random init) | — | — | — | ")  # the baseline first, as the paper's Table 3
+    assert rows[2].startswith("| ALL | 40 of 40 (100.0 %) | 1 / 10 | ")
+    assert rows[3].startswith("| HASH-6 | ") and rows[3].split(" | ")[3].endswith("x")  # speed-up against ALL
     reduce_all = json.loads((out / "reduce" / "ALL" / "stage.json").read_text())
     reduce_h6 = json.loads((out / "reduce" / "HASH-6" / "stage.json").read_text())
     assert reduce_all["n_kept"] == reduce_all["n_slices"] == 40
@@ -75,6 +85,10 @@ def test_tiny_preset_runs_every_stage_and_writes_the_tables(tiny_run):
     assert all(0.0 <= a <= 1.0 for a in auc)
     assert float(records[3]["kept_fraction"]) == 1.0 and float(records[3]["speed_up_vs_first"]) == 1.0
     assert (out / "auc_vs_kept_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(pre["epoch_loss"]) == 1 and pre["iterations_per_epoch"] == pre["iterations"] == reduce_h6["n_kept"] // 4
+    paired = list(csv.DictReader(open(out / "paired.csv", newline="")))  # default: HASH-6 against ALL, by seed
+    assert [(p["a"], p["b"], p["seeds"]) for p in paired] == [("HASH-6", "ALL", "0")] * 3
     recorded = json.loads((out / "experiment.json").read_text())
     assert recorded["recipe"]["name"] == "tiny" and recorded["environment"]["torch"]
     for stage in ("downstream/phantom-regions/scratch", "downstream/phantom-regions/HASH-6"):
@@ -147,6 +161,44 @@ def test_a_pretraining_that_died_is_reported_then_resumed_from_its_checkpoint(tm
     assert json.loads((out / "downstream/phantom-regions/HASH-6/stage.json").read_text())["status"] == "done"
 
 
+@pytest.mark.slow
+def test_a_compute_matched_row_runs_the_iterations_of_its_reduction_and_resumes(tmp_path):
+    """ALL with HASH-6's epoch length: HASH-6's iterations and schedule on all slices; killed, it resumes from its
+    checkpoint with the same epoch length. With a ResNet18 backbone through pre-training and fine-tuning."""
+    from monai_lessmore.utils.torchvision_compat import import_torchvision
+
+    recipe = load_experiment("tiny")
+    recipe["backbone"] = "resnet18"
+    recipe["reductions"] = [recipe["reductions"][1], {**recipe["reductions"][0], "name": "ALL-iters",
+                                                      "match_iterations": "HASH-6"}]
+    recipe["compare"] = [["HASH-6", "ALL-iters"]]
+    recipe["pretrain"]["overrides"].update(
+        max_epochs=3, save_interval=1, extra_handlers=[{"_target_": f"{__name__}.DieInMatchedRun", "epoch": 3,
+                                                        "flag_file": str(tmp_path / "died")}])
+    recipe["downstream"]["tasks"][0]["data"]["per_split"] = [4, 2, 4]
+    out = tmp_path / "exp"
+    first = ExperimentRunner(recipe, out, log=lambda m: None).run()
+    assert [f["stage"] for f in first["failures"]] == ["pretrain/ALL-iters"]
+    second = ExperimentRunner(recipe, out, log=lambda m: None).run()
+    assert second["failures"] == []
+    hash6 = json.loads((out / "pretrain/HASH-6/stage.json").read_text())
+    matched = json.loads((out / "pretrain/ALL-iters/stage.json").read_text())
+    assert matched["n_train_slices"] == 40 > hash6["n_train_slices"]
+    assert matched["iterations"] == hash6["iterations"] == 3 * hash6["iterations_per_epoch"]
+    assert matched["iterations_per_epoch"] == hash6["iterations_per_epoch"] == hash6["n_train_slices"] // 4
+    assert matched["resumed_from_epoch"] == 2 and matched["epochs"] == 3 and len(matched["epoch_loss"]) == 3
+    assert matched["settings"]["epoch_length"] == hash6["iterations_per_epoch"]
+    assert matched["settings"]["match_iterations"] == "HASH-6" and matched["settings"]["backbone"] == "resnet18"
+    state = torch.load(out / "pretrain/ALL-iters/encoder.pt", weights_only=True)
+    res = import_torchvision("models").resnet18().load_state_dict(state, strict=False)
+    assert sorted(res.missing_keys) == ["fc.bias", "fc.weight"] and not res.unexpected_keys
+    down = json.loads((out / "downstream/phantom-regions/ALL-iters/stage.json").read_text())
+    assert down["status"] == "done" and down["settings"]["backbone"] == "resnet18" and down["seeds"] == [0]
+    text = (out / "results.md").read_text()
+    assert f"| ALL-iters | 40 of 40 (100.0 %) | 3 / {matched['iterations']} |" in text
+    assert "| HASH-6 − ALL-iters | phantom-regions | AUC | 0: " in text
+
+
 def test_bad_overrides_and_missing_data_fail_before_anything_runs(tmp_path, capsys):
     recipe = load_experiment("tiny")
     bad = copy.deepcopy(recipe)
@@ -213,3 +265,12 @@ def test_dry_run_lists_stages_and_runs_nothing(tmp_path, capsys):
     assert main(["experiment", "cpu-small", "--data-root", str(tmp_path / "none"), "--dry-run"]) == 0
     err = capsys.readouterr().err
     assert "warning: " in err and "--data-root" in err and "  pretrain/EveryN-10: to run" in err
+    # the long CPU recipe: its plan, the compute-matched row and the paired comparisons, nothing run
+    assert main(["experiment", "cpu-long", "--data-root", str(tmp_path / "none"), "--output", str(tmp_path / "long"),
+                 "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "pre-training: swav (resnet18) on " in err
+    assert "reduction ALL-iters-HASH-6: {'method': 'none'}, the iterations per epoch of HASH-6" in err
+    assert "paired comparison: HASH-6 - ALL per seed" in err and "paired comparison: HASH-6 - ALL-iters-HASH-6" in err
+    assert "  pretrain/ALL-iters-HASH-6: to run" in err and "  downstream/OrganAMNIST/scratch: to run" in err
+    assert not (tmp_path / "long").exists()
