@@ -23,22 +23,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "lessmore_ssl_pretrain" / "configs"
-FILES = {
-    "swav": [CONFIGS / "train.json"],
-    "moco": [CONFIGS / "train.json", CONFIGS / "train_moco.json"],
-    "spark": [CONFIGS / "train.json", CONFIGS / "train_spark.json"],
-}
-
-
-def _parser(method: str, overrides: dict):
-    from monai.bundle import ConfigParser
-
-    p = ConfigParser()
-    p.read_config([str(f) for f in FILES[method]])
-    p.update(overrides)
-    return p
+from monai_lessmore.ssl.throughput import METHOD_CONFIGS, bundle_parser, measure_training
 
 
 def _images_per_batch(method: str, views) -> int:
@@ -47,34 +32,9 @@ def _images_per_batch(method: str, views) -> int:
 
 
 def bench_ignite(method: str, overrides: dict, steps: int, warmup: int) -> dict:
-    from ignite.engine import Events
-    from monai.utils import set_determinism
-
-    set_determinism(0)
-    p = _parser(method, {**overrides, "trainer#epoch_length": steps + warmup})
-    trainer = p.get_parsed_content("trainer")
-    marks = {"wait": 0.0, "n_img": 0, "t0": None, "t1": None, "tb": 0.0}
-
-    def batch_started(e):
-        if e.state.iteration == warmup:  # iteration counter is the one just completed
-            marks["t0"] = time.perf_counter()
-        marks["tb"] = time.perf_counter()
-
-    def batch_completed(e):
-        if marks["t0"] is not None:
-            marks["wait"] += time.perf_counter() - marks["tb"]
-            marks["n_img"] += _images_per_batch(method, e.state.batch["views"])
-
-    def iteration_completed(e):
-        if e.state.iteration == warmup + steps:
-            marks["t1"] = time.perf_counter()
-
-    trainer.add_event_handler(Events.GET_BATCH_STARTED, batch_started)
-    trainer.add_event_handler(Events.GET_BATCH_COMPLETED, batch_completed)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, iteration_completed)
-    trainer.run()
-    total = marks["t1"] - marks["t0"]
-    return {"seconds": total, "images_per_s": marks["n_img"] / total, "data_wait_fraction": marks["wait"] / total}
+    """The bundle's own trainer, timed by :class:`~monai_lessmore.ssl.throughput.StepTimer`."""
+    r = measure_training(method, overrides, steps=steps, warmup=warmup)
+    return {k: r[k] for k in ("seconds", "images_per_s", "data_wait_fraction")}
 
 
 def bench_bare(method: str, overrides: dict, steps: int, warmup: int) -> dict:
@@ -82,7 +42,7 @@ def bench_bare(method: str, overrides: dict, steps: int, warmup: int) -> dict:
     from monai.utils import set_determinism
 
     set_determinism(0)
-    p = _parser(method, overrides)
+    p = bundle_parser(method, overrides)
     loader, network, optimizer, step, loss = (
         p.get_parsed_content(k) for k in ("train_loader", "network", "optimizer", "step", "loss"))
     schedule = p.get_parsed_content("lr_schedule")
@@ -132,7 +92,7 @@ PAPER_BATCH = {"swav": 128, "moco": 64, "spark": 32}
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=["swav", "moco", "spark"], choices=list(FILES))
+    ap.add_argument("--methods", nargs="+", default=["swav", "moco", "spark"], choices=list(METHOD_CONFIGS))
     ap.add_argument("--dataset-dir", default=None, help="CT folder (default: a phantom written to a temp folder)")
     ap.add_argument("--input-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4)
