@@ -257,6 +257,11 @@ class AtomicCheckpointSaver:
         logger.info("epoch %d: checkpoint written to %s", epoch, self.path)
 
 
+#: the strings a command line gives for "no checkpoint" (MONAI's bundle CLI parses values with python-fire, which
+#: turns ``None`` into ``None`` but leaves JSON's ``null`` a string)
+_NO_RESUME = frozenset({"null", "none"})
+
+
 class ResumeCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` for resuming: at ``STARTED``, restore ``load_dict``, the trainer (epoch,
     iteration) and the AMP scaler from ``load_path`` (``"auto"``: ``save_dir/checkpoint.pt`` if present).
@@ -266,7 +271,8 @@ class ResumeCheckpointLoader(CheckpointLoader):
     file is read with ``torch.load(weights_only=True)`` whatever MONAI's version does.
 
     Args:
-        load_path: checkpoint file, ``"auto"``, or ``None``/``""`` for a fresh run.
+        load_path: checkpoint file, ``"auto"``, or ``None``/``""`` for a fresh run (also the strings ``"null"`` and
+            ``"None"``, unless a file of that name exists).
         load_dict: objects with ``load_state_dict`` (the same keys as the saver's ``save_dict``).
         method: this run's method; a checkpoint written by another method is refused with a ``ValueError``.
         save_dir: folder searched by ``"auto"``. filename: the checkpoint's name there.
@@ -282,13 +288,16 @@ class ResumeCheckpointLoader(CheckpointLoader):
     def resolve(self) -> str | None:
         if not self.load_path:
             return None
+        if str(self.load_path).lower() in _NO_RESUME and not os.path.isfile(self.load_path):
+            return None  # ``--resume null`` on MONAI's command line arrives as the string "null"
         if self.load_path == "auto":
             if self.save_dir is None:
                 raise ValueError("resume='auto' needs save_dir")
             path = os.path.join(self.save_dir, self.filename)
             return path if os.path.isfile(path) else None
         if not os.path.isfile(self.load_path):
-            raise FileNotFoundError(f"resume checkpoint {self.load_path!r} does not exist; pass an existing file, 'auto' or null")
+            raise FileNotFoundError(f"resume checkpoint {self.load_path!r} does not exist; pass an existing file, 'auto', "
+                                    f"or None for a fresh run (on the command line: --resume None)")
         return self.load_path
 
     def __call__(self, engine: Engine) -> None:

@@ -81,6 +81,18 @@ def test_resume_refuses_other_method_and_restores_epoch(tmp_path):
     assert isinstance(H.ResumeCheckpointLoader(None, {"model": net}, "swav"), CheckpointLoader)
 
 
+def test_resume_null_from_the_command_line_is_a_fresh_run(tmp_path, monkeypatch):
+    """MONAI's bundle CLI (python-fire) passes ``--resume null`` as the string "null": a fresh run, not a file."""
+    net = torch.nn.Linear(2, 2)
+    for spelling in ("null", "None", "NONE"):
+        assert H.ResumeCheckpointLoader(spelling, {"model": net}, "swav").resolve() is None
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": net.state_dict()}, "null")  # a checkpoint that is really called "null" is still read
+    assert H.ResumeCheckpointLoader("null", {"model": net}, "swav").resolve() == "null"
+    with pytest.raises(FileNotFoundError, match=r"--resume None"):
+        H.ResumeCheckpointLoader("nul", {"model": net}, "swav").resolve()
+
+
 def test_stop_on_nan_names_checkpoint(tmp_path):
     ckpt = tmp_path / "checkpoint.pt"
     H.atomic_torch_save({"v": 1}, ckpt)
