@@ -4,8 +4,10 @@
 Each side runs as its own fresh process, start-up included, the two interleaved and repeated (median):
 
 * reference: ``python -c "[np.asarray(nib.load(f).dataobj) for f in files]"``;
-* ours: ``lessmore reduce FILES --workers 1 --method hash --threshold 6 --output DIR``, as it runs by default
-  and with ``LESSMORE_COMPILE_AFTER_PIXELS=0`` (the compiled kernels from the first call, paying numba's start-up).
+* ours: ``lessmore reduce FILES --workers 1 --method hash --threshold 6 --output DIR``, as it runs by default,
+  with ``LESSMORE_COMPILE_AFTER_PIXELS=0`` (the compiled kernels from the first call, paying numba's start-up) and
+  with ``LESSMORE_STREAM_GZIP=0`` (each file inflated whole before it is rendered, instead of in a thread while the
+  slices already read are rendered).
 
 Printed per run: wall time and CPU time (user + system of the child) of both and their ratios. On a shared machine
 the CPU-time ratio is the steadier one; both are printed. Also printed, each in a fresh process:
@@ -29,7 +31,7 @@ the same kind, and the peak resident memory it added (``VmHWM`` after resetting 
 
 Usage::
 
-    python scripts/bench_reduce_cli.py [--volumes 4] [--slices 300] [--size 512] [--repeat 3]
+    python scripts/bench_reduce_cli.py [--volumes 4] [--slices 300] [--size 512] [--repeat 3] [--only-cli]
     python scripts/bench_reduce_cli.py --readers /tmp/base [--slices 300] [--size 512] [--repeat 3]
 """
 
@@ -77,18 +79,20 @@ def bench_cli(files: list[str], repeat: int) -> dict:
     rows = []
     reduce_args = ["reduce", *files, "--workers", "1", "--method", "hash", "--threshold", "6", "--output"]
     for _ in range(repeat):
-        out, out2 = tempfile.mkdtemp(), tempfile.mkdtemp()
+        outs = [tempfile.mkdtemp() for _ in range(3)]
         try:
             bare = _run(_BARE, files)
-            ours = _run(_OURS, [*reduce_args, out])
-            compiled = _run(_OURS, [*reduce_args, out2], LESSMORE_COMPILE_AFTER_PIXELS="0")
+            ours = _run(_OURS, [*reduce_args, outs[0]])
+            compiled = _run(_OURS, [*reduce_args, outs[1]], LESSMORE_COMPILE_AFTER_PIXELS="0")
+            first = _run(_OURS, [*reduce_args, outs[2]], LESSMORE_STREAM_GZIP="0")
         finally:
-            shutil.rmtree(out, ignore_errors=True)
-            shutil.rmtree(out2, ignore_errors=True)
+            for out in outs:
+                shutil.rmtree(out, ignore_errors=True)
         rows.append({"bare_wall_s": bare[0], "bare_cpu_s": bare[1], "ours_wall_s": ours[0], "ours_cpu_s": ours[1],
                      "compiled_wall_s": compiled[0], "compiled_cpu_s": compiled[1],
+                     "read_first_wall_s": first[0], "read_first_cpu_s": first[1],
                      "ratio_wall": ours[0] / bare[0], "ratio_cpu": ours[1] / bare[1],
-                     "ratio_cpu_compiled": compiled[1] / bare[1]})
+                     "ratio_cpu_compiled": compiled[1] / bare[1], "ratio_wall_read_first": first[0] / bare[0]})
     med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
     return {"runs": rows, "median": med}
 
@@ -288,6 +292,7 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--only-cli", action="store_true", help="only the reduce against the bare load")
     p.add_argument("--readers", type=Path, default=None, metavar="BASELINE",
                    help="benchmark the readers against the code checked out in BASELINE instead")
     args = p.parse_args()
@@ -330,7 +335,10 @@ def main() -> None:
               f"(ours {m['ours_wall_s']:.2f} s, bare {m['bare_wall_s']:.2f} s), median CPU ratio {m['ratio_cpu']:.2f} "
               f"(ours {m['ours_cpu_s']:.2f} s, bare {m['bare_cpu_s']:.2f} s); target <= 1.0, stretch 0.7; "
               f"with the compiled kernels from the first call: CPU ratio {m['ratio_cpu_compiled']:.2f} "
-              f"({m['compiled_cpu_s']:.2f} s)")
+              f"({m['compiled_cpu_s']:.2f} s); reading each .nii.gz whole before rendering it "
+              f"(LESSMORE_STREAM_GZIP=0): wall ratio {m['ratio_wall_read_first']:.2f} ({m['read_first_wall_s']:.2f} s)")
+        if args.only_cli:
+            return
         s = bench_startup(str(tiny), args.repeat)
         print(f"[start-up] lessmore reduce of a 4-slice volume: {s['reduce_tiny_wall_s']:.2f} s wall, "
               f"{s['reduce_tiny_cpu_s']:.2f} s CPU; with the compiled kernels from the first call "

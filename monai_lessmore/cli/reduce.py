@@ -188,12 +188,12 @@ def process_volume(
     from monai_lessmore.io import load_volume
 
     reducer = SliceReducer(**reducer_args)
-    digest = content_digest(source)
     with warnings.catch_warnings():
         # the reader's warnings (DICOM position gaps, missing rescale) go to the record and the summary instead
         warnings.simplefilter("ignore", UserWarning)
         vol = load_volume(source, order=order, lazy=True).require_finite()
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
+    digest = content_digest(source)  # after the read: a .nii.gz is hashed from the bytes inflated (no second read)
     out = Path(out_dir)
     if export == "png":
         _export_png(out, name, reducer.render(vol.slices(), rendered=vol.is_uint8_rendered), result.kept.tolist())

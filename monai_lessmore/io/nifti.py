@@ -32,8 +32,11 @@ and applies the same flips and transposes, so it equals ``load_nifti(path).array
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import os
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -44,6 +47,7 @@ import numpy as np
 
 from monai_lessmore.io.orientation import apply_axial_orientation, axial_orientation, source_slice_index
 from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
+from monai_lessmore.utils.files import remember_file_digest
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -71,6 +75,13 @@ def _gzip_errors() -> tuple[type[BaseException], ...]:
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) + _gzip_errors()
 #: bytes read per call when streaming the voxels into their buffer
 _READ_BLOCK = 1 << 22
+#: ``load_nifti(..., lazy=True)`` of a ``.nii.gz`` inflates in a background thread while the caller renders the
+#: slices already read; False (environment ``LESSMORE_STREAM_GZIP=0``): read everything first, as the eager path
+#: does. The voxels are the same either way.
+STREAM_GZIP = os.environ.get("LESSMORE_STREAM_GZIP", "1") != "0"
+#: bytes inflated per step by the reading thread of :func:`load_nifti` (``lazy=True``): small enough that the slices
+#: already there are rendered while the rest is read
+_PIPELINE_BLOCK = 1 << 20
 
 
 def open_gzip(path: str) -> Any:
@@ -81,6 +92,133 @@ def open_gzip(path: str) -> Any:
     except ImportError:
         return gzip.open(path, "rb")
     return igzip.open(path, "rb")
+
+
+class _HashingReader(io.RawIOBase):
+    """A binary file that passes on the bytes of ``raw`` and hashes them (SHA-256) in the order they are read."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__()
+        self._raw, self._sha = raw, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        got = self._raw.readinto(b)
+        if got:
+            with memoryview(b) as view:
+                self._sha.update(view[:got])
+        return got
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _open_gzip_stream(fileobj: Any) -> Any:
+    """:func:`open_gzip` of an open binary file."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return gzip.GzipFile(fileobj=fileobj, mode="rb")
+    return igzip.IGzipFile(fileobj=fileobj, mode="rb")
+
+
+class _StreamedVoxels:
+    """The stored voxel bytes of a ``.nii.gz`` file, inflated by a background thread into one preallocated buffer
+    while the caller already works on the bytes that have arrived (ISA-L and zlib release the GIL while they
+    inflate, so reading and rendering overlap on two cores).
+
+    :meth:`ready` blocks until a view of the buffer has been filled, and raises :class:`VolumeReadError` naming the
+    file when the file ends or is corrupt before that. The thread holds the buffer only weakly between its blocks:
+    it stops at its next block once nothing else holds the voxels (a caller that gave up half-way) or after
+    :meth:`close`, and ends by itself at the last byte; it never waits on the caller.
+    """
+
+    def __init__(self, name: str, path: str, offset: int, buf: np.ndarray) -> None:
+        self._start, self._nbytes = int(buf.ctypes.data), int(buf.nbytes)
+        self._filled = 0
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._name, self._path = name, path  # the file nibabel opened; the path the caller gave (for messages)
+        self._thread = threading.Thread(target=self._fill, args=(int(offset), weakref.ref(buf)),
+                                        name=f"lessmore-read {os.path.basename(path)}", daemon=True)
+        self._thread.start()
+
+    def _fill(self, offset: int, buf_ref: Any) -> None:
+        nbytes = self._nbytes
+        try:
+            with open(self._name, "rb") as raw, _open_gzip_stream(hashed := _HashingReader(raw)) as fh:
+                st = os.fstat(raw.fileno())
+                skip = offset  # the header: read past it (the hashing stream does not seek)
+                while skip:
+                    got = len(fh.read(min(skip, _PIPELINE_BLOCK)))
+                    if not got:
+                        raise EOFError(f"the file ends inside its header ({offset - skip} of {offset} bytes)")
+                    skip -= got
+                done = 0
+                while done < nbytes and not self._stop.is_set():
+                    buf = buf_ref()
+                    if buf is None:  # nothing reads these voxels any more
+                        break
+                    with memoryview(buf) as view:
+                        got = fh.readinto(view[done : min(nbytes, done + _PIPELINE_BLOCK)])
+                    del buf
+                    if not got:
+                        raise EOFError(f"the file ends after {done} of {nbytes} voxel bytes")
+                    done += got
+                    with self._cond:
+                        self._filled = done
+                        self._cond.notify_all()
+                if done == nbytes:  # the input's SHA-256 from the bytes read, not from a second read of the file
+                    while hashed.read(_PIPELINE_BLOCK):
+                        pass
+                    remember_file_digest(self._name, hashed.hexdigest(), st)
+        except BaseException as err:  # noqa: BLE001 - raised in the reading thread by ready()
+            with self._cond:
+                self._error = err
+        finally:
+            with self._cond:
+                self._stop.set()
+                self._cond.notify_all()
+
+    def ready(self, view: np.ndarray) -> None:
+        """Return once every byte of ``view`` (a view of the buffer) has been read."""
+        if view.size == 0:
+            return
+        # one past the view's highest byte (its strides may be negative), relative to the buffer's start
+        end = int(view.ctypes.data) + view.itemsize - self._start
+        end += sum((n - 1) * st for n, st in zip(view.shape, view.strides) if st > 0)
+        with self._cond:
+            while self._filled < end and not self._stop.is_set():
+                self._cond.wait()
+            filled, error = self._filled, self._error
+        if filled < end:
+            err = error or RuntimeError("the read was stopped")
+            raise VolumeReadError(
+                f"{self._path}: the voxel data could not be read ({type(err).__name__}: {err}); the file is "
+                "truncated or corrupt: re-download or re-export it"
+            ) from err
+
+    def close(self) -> None:
+        """Stop the thread at its next block and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _stream_stored(img: Any, path: str) -> tuple[np.ndarray, _StreamedVoxels] | None:
+    """:func:`_read_stored` of a ``.nii.gz`` file as a buffer that a thread is still filling, or ``None`` where
+    the voxels are not a plain array proxy of a gzip file (then they are read at once)."""
+    proxy = img.dataobj
+    name = img.get_filename()
+    if not isinstance(proxy, nib.arrayproxy.ArrayProxy) or name is None or not name.lower().endswith(".gz"):
+        return None
+    dtype = np.dtype(proxy.dtype)
+    shape = tuple(int(n) for n in proxy.shape)
+    buf = np.empty(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, dtype=np.uint8)
+    stream = _StreamedVoxels(name, path, int(proxy.offset), buf)
+    return buf.view(dtype).reshape(shape, order=proxy.order), stream
 
 
 def _read_stored(img: Any, path: str) -> np.ndarray:
@@ -209,9 +347,11 @@ def load_nifti(path: str | os.PathLike, *, lazy: bool = False) -> Volume:
     path = os.fspath(path)
     img, extra = _open(path)
     orientation = _orientation(img, path)
-    raw = _read_stored(img, path)[(slice(None),) * 3 + extra]
+    streamed = _stream_stored(img, path) if lazy and STREAM_GZIP else None
+    stored, ready = (_read_stored(img, path), None) if streamed is None else (streamed[0], streamed[1].ready)
+    raw = stored[(slice(None),) * 3 + extra]
     scale, offset = _scaling(img)
-    stack = StoredStack(apply_axial_orientation(raw, orientation), scale=scale, offset=offset)
+    stack = StoredStack(apply_axial_orientation(raw, orientation), scale=scale, offset=offset, ready=ready)
     meta = dict(orientation)
     meta["stored_dtype"] = str(img.get_data_dtype())
     meta["nonfinite_voxels"] = stack.count_nonfinite()

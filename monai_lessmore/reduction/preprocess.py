@@ -7,6 +7,7 @@ that and is the one place where slices are rendered to 8 bit. An HU window is of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,12 +32,17 @@ class StoredStack:
         offset: when the real values are ``raw + offset`` for an integer ``offset`` and an integer ``raw`` of at
             most 16 bits (every value exact in float32), that offset; enables the compiled rendering straight from
             the stored integers. ``None`` otherwise.
+        ready: for voxels still being read (:func:`monai_lessmore.io.nifti.load_nifti` decompresses ``.nii.gz`` in
+            a thread while the slices already read are rendered): called with a view of ``raw`` before it is read,
+            returns once that view's bytes are there (or raises the reader's error). ``None``: all there.
     """
 
-    def __init__(self, raw: np.ndarray, scale: Any = None, offset: int | None = None) -> None:
+    def __init__(self, raw: np.ndarray, scale: Any = None, offset: int | None = None,
+                 ready: Callable[[np.ndarray], None] | None = None) -> None:
         if raw.ndim != 3:
             raise ValueError(f"a stored stack must be (S, H, W), got shape {raw.shape}")
         self.raw = raw
+        self.ready = ready
         self.scale = scale
         if offset is not None and not (raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.dtype.isnative
                                        and abs(int(offset)) + (1 << 16) <= _FLOAT32_EXACT_INT):
@@ -50,9 +56,16 @@ class StoredStack:
     def __len__(self) -> int:
         return int(self.raw.shape[0])
 
+    def view(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """``raw[start:stop]``, once its voxels have been read (see ``ready``)."""
+        block = self.raw[start:stop]
+        if self.ready is not None:
+            self.ready(block)
+        return block
+
     def chunk(self, start: int, stop: int) -> np.ndarray:
         """``float32`` real values of slices ``start:stop``."""
-        block = self.raw[start:stop]
+        block = self.view(start, stop)
         if self.scale is not None:
             block = self.scale(block)
         return np.asarray(block, dtype=np.float32)
@@ -61,7 +74,7 @@ class StoredStack:
         """The whole stack as a C-contiguous ``float32`` array (what the reader's eager path returns), scaled in
         chunks of slices so that no whole-volume float64 temporary is made."""
         if self.scale is None:
-            return np.ascontiguousarray(self.raw, dtype=np.float32)
+            return np.ascontiguousarray(self.view(), dtype=np.float32)
         out = np.empty(self.shape, dtype=np.float32)
         step = _chunk_slices(self.raw.shape)
         for i in range(0, len(self), step):
@@ -78,6 +91,10 @@ class StoredStack:
             values = self.chunk(i, i + step)
             bad += int(values.size - np.count_nonzero(np.isfinite(values)))
         return bad
+
+
+#: bytes of stored voxels rendered per step while a volume is still being read (a few slices of 512 x 512 int16)
+_PIPELINE_BYTES = 4 << 20
 
 
 def _chunk_slices(shape: tuple[int, ...]) -> int:
@@ -161,11 +178,18 @@ def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> 
         if abs(raw.strides[1]) < abs(raw.strides[2]):
             raw, dst = raw.transpose(0, 2, 1), dst.transpose(0, 2, 1)
         kernel = _render_kernel() if use_compiled(raw.size) else None
-        if kernel is not None:
-            lut = np.empty(1 << 16, dtype=np.uint8)
-            kernel(raw, dst, lut)
-        else:
-            _render_offset_numpy(raw, dst)
+        lut = np.empty(1 << 16, dtype=np.uint8)
+        # slices in the order of their addresses, so that a volume still being read is rendered as it arrives
+        # (one call for the whole stack when it is all there)
+        step = len(stack) if stack.ready is None else max(1, _PIPELINE_BYTES // max(1, raw[:1].nbytes))
+        for i in range(0, len(stack), step):
+            block, into = raw[i : i + step], dst[i : i + step]
+            if stack.ready is not None:
+                stack.ready(block)
+            if kernel is not None:
+                kernel(block, into, lut)
+            else:
+                _render_offset_numpy(block, into)
         return out
     step = _chunk_slices(stack.shape)
     for i in range(0, len(stack), step):

@@ -36,6 +36,7 @@ __all__ = [
     "pid_alive",
     "current_umask",
     "file_hash",
+    "remember_file_digest",
 ]
 
 _CHUNK = 1 << 20
@@ -293,9 +294,21 @@ _memo: dict[tuple[str, int, int], str] = {}
 _memo_lock = threading.Lock()
 
 
+def _digest_key(path: Path, st: os.stat_result | None = None) -> tuple[str, int, int]:
+    st = path.stat() if st is None else st
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def remember_file_digest(path: str | os.PathLike, digest: str, st: os.stat_result) -> None:
+    """Record ``digest``, the SHA-256 of the file ``path`` computed by a reader from the bytes it read, for
+    :func:`content_digest`; ``st`` is the file's ``os.stat`` taken before that read (a file changed since then has
+    another key, so it is hashed anew)."""
+    with _memo_lock:
+        _memo[_digest_key(Path(path), st)] = digest
+
+
 def _file_digest(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = _digest_key(path)
     with _memo_lock:
         hit = _memo.get(key)
     if hit is not None:
@@ -310,7 +323,8 @@ def content_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a volume's content: its bytes, or for a folder the names and bytes of its files.
 
     Within one process a file's digest is remembered by (path, size, modification time), so asking twice reads it
-    once.
+    once; the ``.nii.gz`` reader records the digest of the bytes it inflated (:func:`remember_file_digest`), so
+    asking after a volume was read does not read it again.
     """
     p = Path(path)
     files = volume_files(p)

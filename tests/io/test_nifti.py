@@ -268,3 +268,113 @@ def test_slice_reads_reopen_a_rewritten_file(tmp_path, rng):
     np.testing.assert_array_equal(read_nifti_slice(path, 3), second[3])
     for i in (4, 0, 2, -1):
         np.testing.assert_array_equal(read_nifti_slice(path, i), second[i])
+
+
+# ---------------------------------------------------------------- .nii.gz inflated in a thread while slices render
+def _reader_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("lessmore-read")]
+
+
+def _wait_for_no_reader_threads(limit_s: float = 30.0) -> list:
+    """The reader threads still alive once they have had ``limit_s`` to end (they end at their next block)."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while _reader_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _reader_threads()
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few hundred bytes, so that the volumes below arrive in many pieces while they are rendered."""
+    import monai_lessmore.io.nifti as nifti
+    import monai_lessmore.reduction.preprocess as preprocess
+
+    monkeypatch.setattr(nifti, "_PIPELINE_BLOCK", 333)
+    monkeypatch.setattr(preprocess, "_PIPELINE_BYTES", 700)
+
+
+@pytest.mark.parametrize("orient", sorted(_AFFINES))
+@pytest.mark.parametrize("dtype, slope, inter", [("int16", 1.0, -1024.0), ("uint8", 1.0, 0.0), ("float32", 1.0, 0.0),
+                                                 (">i2", 1.0, 0.0), ("int16", 0.5, -1000.25)])
+def test_streamed_reading_is_bit_identical_to_reading_first(tmp_path, rng, monkeypatch, small_blocks, orient, dtype,
+                                                           slope, inter):
+    import monai_lessmore.io.nifti as nifti
+    from monai_lessmore.reduction import SliceReducer
+    from monai_lessmore.reduction.preprocess import to_uint8
+
+    data = rng.integers(0, 250, (19, 17, 23)) if dtype == "uint8" else rng.integers(-1000, 2000, (19, 17, 23))
+    img = nib.Nifti1Image(data.astype(dtype), _AFFINES[orient])
+    img.header.set_slope_inter(slope, inter)
+    path = tmp_path / f"v_{orient}.nii.gz"
+    nib.save(img, str(path))
+    streamed = load_nifti(path, lazy=True)
+    assert streamed.slices().ready is not None  # inflated in a thread
+    u8, result = to_uint8(streamed.slices()), SliceReducer().reduce(streamed.slices())
+    array = streamed.array
+    monkeypatch.setattr(nifti, "STREAM_GZIP", False)
+    first = load_nifti(path, lazy=True)
+    assert first.slices().ready is None
+    np.testing.assert_array_equal(u8, to_uint8(first.slices()))
+    reference = SliceReducer().reduce(first.slices())
+    assert result.kept.tolist() == reference.kept.tolist() and result.hashes == reference.hashes
+    np.testing.assert_array_equal(array, _eager_reference(path))
+    del streamed, first
+    assert _wait_for_no_reader_threads() == []
+
+
+def test_the_digest_of_a_streamed_file_comes_from_the_bytes_read(tmp_path, rng, monkeypatch, small_blocks):
+    """The reading thread hashes the compressed bytes as it reads them (and the rest of the file after the voxels):
+    :func:`content_digest` then equals hashlib's SHA-256 of the file without reading it again."""
+    import hashlib
+
+    from monai_lessmore.utils import files
+
+    path = write_nifti(tmp_path / "v.nii.gz", random_volume(rng, (40, 30, 20)).astype(np.int16))
+    vol = load_nifti(path, lazy=True)
+    vol.array  # every voxel read
+    assert _wait_for_no_reader_threads() == []
+    key = (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+    assert files._memo.get(key) == hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(files, "file_hash", lambda p: pytest.fail("the file was read a second time"))
+    assert files.content_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_a_damaged_gzip_read_in_a_thread_names_the_file_and_leaves_no_thread(tmp_path, rng, small_blocks, damage):
+    from monai_lessmore.reduction import SliceReducer
+
+    # 2 MiB of voxels: the damage lies far past what nibabel reads for the header
+    path = write_nifti(tmp_path / "bad.nii.gz", random_volume(rng, (128, 128, 64)).astype(np.int16))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) * 2 // 3]
+    else:
+        data[len(data) * 3 // 4 : len(data) * 3 // 4 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    # (nibabel may already refuse the corrupt file when it reads the header)
+    with pytest.raises(VolumeReadError, match=r"bad\.nii\.gz: .*re-download"):
+        vol = load_nifti(path, lazy=True)
+        SliceReducer().reduce(vol.slices())
+    assert _wait_for_no_reader_threads() == []
+    from monai_lessmore.utils import files
+
+    assert not [k for k in files._memo if k[0] == str(path.resolve())]  # no digest of a file not read to its end
+
+
+def test_a_streamed_volume_given_up_half_way_stops_its_thread(tmp_path, rng, monkeypatch):
+    """Nothing holds the voxels any more: the thread stops at its next block instead of inflating the rest."""
+    import gc
+
+    import monai_lessmore.io.nifti as nifti
+
+    monkeypatch.setattr(nifti, "_PIPELINE_BLOCK", 64)
+    path = write_nifti(tmp_path / "v.nii.gz", random_volume(rng, (64, 64, 64)).astype(np.int16))
+    vol = load_nifti(path, lazy=True)
+    vol.slices().chunk(0, 1)  # the first slice has arrived
+    del vol
+    gc.collect()
+    assert _wait_for_no_reader_threads() == []
