@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["StoredStack", "to_uint8", "validate_window", "validate_size", "resize_uint8"]
+__all__ = ["StoredStack", "to_uint8", "render_stack", "validate_window", "validate_size", "resize_uint8"]
 
 #: float32 holds every integer of magnitude <= 2**24 exactly
 _FLOAT32_EXACT_INT = 1 << 24
@@ -159,19 +159,23 @@ def _render_kernel() -> Any:
     return _RENDER_KERNEL[0]
 
 
-def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> np.ndarray:
+def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None,
+                    each: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray:
     """:func:`to_uint8` of a :class:`StoredStack`: straight from the stored integers when it can be (min-max
     rendering of ``raw + offset``; compiled, or in numpy while the process has not started numba), else chunk by
     chunk through its float32 values. Equal either way to ``to_uint8(stack.to_array())``: every step is per slice
-    (min-max) or per voxel (window)."""
+    (min-max) or per voxel (window). ``each(lo, hi, rendered)`` is called with every block of output slices
+    ``lo:hi`` as soon as it is rendered (in the order the voxels are stored, so while the rest is still read)."""
     from monai_lessmore.reduction._jit import use_compiled
 
+    n = len(stack)
     out = np.empty(stack.shape, dtype=np.uint8)
     if window is None and stack.offset is not None:
         # Min-max rendering is per slice and per voxel, so any flip or order of the in-slice axes gives the same
         # pixels: walk the stored voxels in memory order (positive strides, the fastest axis last; for the usual
         # (x, y, z) file each slice is then one contiguous block) and write through the same flips into ``out``.
         raw, dst = stack.raw, out
+        flipped = raw.strides[0] < 0  # block i:j of ``raw`` is then output slices n-j:n-i
         for axis in range(3):
             if raw.strides[axis] < 0:
                 raw, dst = np.flip(raw, axis), np.flip(dst, axis)
@@ -181,8 +185,9 @@ def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> 
         lut = np.empty(1 << 16, dtype=np.uint8)
         # slices in the order of their addresses, so that a volume still being read is rendered as it arrives
         # (one call for the whole stack when it is all there)
-        step = len(stack) if stack.ready is None else max(1, _PIPELINE_BYTES // max(1, raw[:1].nbytes))
-        for i in range(0, len(stack), step):
+        pipelined = stack.ready is not None or each is not None
+        step = max(1, _PIPELINE_BYTES // max(1, raw[:1].nbytes)) if pipelined else max(1, n)
+        for i in range(0, n, step):
             block, into = raw[i : i + step], dst[i : i + step]
             if stack.ready is not None:
                 stack.ready(block)
@@ -190,11 +195,25 @@ def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None) -> 
                 kernel(block, into, lut)
             else:
                 _render_offset_numpy(block, into)
+            if each is not None:
+                lo, hi = (max(0, n - i - step), n - i) if flipped else (i, min(n, i + step))
+                each(lo, hi, out[lo:hi])
         return out
     step = _chunk_slices(stack.shape)
-    for i in range(0, len(stack), step):
+    for i in range(0, n, step):
         out[i : i + step] = to_uint8(stack.chunk(i, i + step), window=window)
+        if each is not None:
+            each(i, min(n, i + step), out[i : i + step])
     return out
+
+
+def render_stack(stack: StoredStack, *, window: Sequence[float] | None = None,
+                 each: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray:
+    """:func:`to_uint8` of a :class:`StoredStack`, calling ``each(lo, hi, rendered)`` with every block of output
+    slices ``lo:hi`` as soon as it is rendered: for a volume still being read, while the rest arrives (the HASH
+    reduction hashes each block there). Every slice is in exactly one block; blocks come in the order the voxels
+    are stored, which may be from the last slice down."""
+    return _stored_to_uint8(stack, validate_window(window), each)
 
 
 def validate_window(window: Sequence[float] | None) -> tuple[float, float] | None:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from monai_lessmore.reduction.methods import get_method, pairwise_scores, validate_threshold
-from monai_lessmore.reduction.preprocess import StoredStack, resize_uint8, to_uint8, validate_size, validate_window
+from monai_lessmore.reduction.preprocess import StoredStack, render_stack, resize_uint8, to_uint8, validate_size, validate_window
 from monai_lessmore.reduction.selection import (
     select_all,
     select_every_n,
@@ -400,7 +400,17 @@ class SliceReducer:
         from monai_lessmore.reduction.dhash import dhash, hash_to_hex
 
         start = time.perf_counter()
-        u8 = self.render(slices, rendered=rendered)
+        streamed = None
+        if isinstance(slices, StoredStack) and not rendered:
+            # hashed block by block as the blocks are rendered: for a file still being read, while it arrives
+            streamed = np.zeros(len(slices), dtype=np.uint64)
+
+            def each(lo: int, hi: int, block: np.ndarray) -> None:
+                streamed[lo:hi] = dhash(block)
+
+            u8 = render_stack(slices, window=self.window, each=each)
+        else:
+            u8 = self.render(slices, rendered=rendered)
         compared = u8
         resampled_to = None
         if isinstance(u8, list):
@@ -417,6 +427,8 @@ class SliceReducer:
                 compared = resize_uint8(u8, self.mixed_size)
                 resampled_to = self.mixed_size
             hashes = _dhash_mixed(u8)
+        elif streamed is not None:
+            hashes = streamed
         else:
             hashes = dhash(u8) if u8.shape[0] else np.zeros(0, dtype=np.uint64)
         n = len(u8)

@@ -107,3 +107,34 @@ def test_stored_rendering_is_the_same_in_numpy_and_compiled(dtype, layout, monke
         monkeypatch.setattr(_jit, "COMPILE_AFTER_PIXELS", threshold)
         got = to_uint8(StoredStack(raw, offset=-1024))
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("layout", ["c", "xyz", "flipped"])
+@pytest.mark.parametrize("offset", [-1024, None])
+def test_render_stack_hands_on_every_slice_once_as_it_is_rendered(layout, offset, monkeypatch):
+    """``render_stack(..., each=)``: the blocks cover every output slice exactly once, each block's pixels are the
+    final ones when it is handed on (the HASH reduction hashes them there), in the order the voxels are stored."""
+    import monai_lessmore.reduction.preprocess as pp
+    from monai_lessmore.reduction.dhash import dhash
+    from monai_lessmore.reduction.preprocess import StoredStack, render_stack
+
+    monkeypatch.setattr(pp, "_PIPELINE_BYTES", 2 * 12 * 9 * 2)  # two slices of int16 per block
+    raw = np.random.default_rng(2).integers(-1000, 2000, size=(7, 12, 9)).astype(np.int16)
+    if layout == "xyz":
+        raw = np.ascontiguousarray(raw.transpose(2, 1, 0)).transpose(2, 1, 0)
+    elif layout == "flipped":
+        raw = raw[::-1, :, ::-1]
+    stack = StoredStack(raw, offset=offset, scale=None if offset is not None else (lambda b: b.astype(np.float32)))
+    seen, hashes = [], np.zeros(7, dtype=np.uint64)
+
+    def each(lo, hi, block):
+        seen.extend(range(lo, hi))
+        hashes[lo:hi] = dhash(block.copy())
+
+    got = render_stack(stack, each=each)
+    expected = to_uint8(raw.astype(np.float32))
+    np.testing.assert_array_equal(got, expected)
+    assert sorted(seen) == list(range(7))
+    if offset is not None:  # the stored path goes in blocks in storage order
+        assert seen[:2] == ([5, 6] if layout == "flipped" else [0, 1])  # the first block stored
+    np.testing.assert_array_equal(hashes, dhash(expected))
