@@ -155,21 +155,25 @@ def measure_training(method: str, overrides: Mapping[str, Any], *, steps: int, w
 
     Args:
         method: ``"swav"``, ``"moco"`` or ``"spark"``.
-        overrides: config overrides (data, sizes, device, ...); ``trainer#epoch_length`` is set here.
+        overrides: config overrides (data, sizes, device, ...); the iterations per epoch are set here: the config's
+            ``epoch_length`` where it has one (the bundles' LR schedule follows it), else ``trainer#epoch_length``.
         steps: timed iterations.
         warmup: iterations run first and left out.
         seed: ``monai.utils.set_determinism`` seed, as the bundle's ``initialize`` does.
 
     Returns:
         :meth:`StepTimer.result` plus ``peak_gpu_memory_mib`` / ``peak_gpu_reserved_mib`` (None off CUDA),
-        ``batch_size``, ``amp`` (whether the trainer really used it) and ``device``.
+        ``batch_size``, ``amp`` (whether the trainer really used it), ``device`` and ``iterations_per_epoch`` (the
+        config's, which its LR schedule uses; None where it has none).
     """
     from monai.utils import set_determinism
 
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     set_determinism(seed)
-    parser = bundle_parser(method, {**overrides, "trainer#epoch_length": int(steps) + int(warmup)})
+    parser = bundle_parser(method, overrides)
+    # the bundle's own ``epoch_length`` where it has one: its LR schedule (``iterations_per_epoch``) follows it too
+    parser["epoch_length" if "epoch_length" in parser else "trainer#epoch_length"] = int(steps) + int(warmup)
     trainer = parser.get_parsed_content("trainer")
     timer = StepTimer(warmup)
     timer.attach(trainer)
@@ -186,5 +190,7 @@ def measure_training(method: str, overrides: Mapping[str, Any], *, steps: int, w
         "peak_gpu_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         "peak_gpu_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20 if cuda else None,
         "batch_size": int(parser.get_parsed_content("batch_size")), "amp": bool(trainer.amp), "device": str(device),
+        "iterations_per_epoch": (int(parser.get_parsed_content("iterations_per_epoch"))
+                                 if "iterations_per_epoch" in parser else None),
     })
     return out

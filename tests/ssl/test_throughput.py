@@ -79,5 +79,7 @@ def test_measure_training_runs_the_bundles_trainer_for_its_iterations(tmp_path):
         "max_epochs": 1, "input_size": 32, "batch_size": 2, "crop_size": 32, "amp": True, "backbone": "resnet18",
     }, steps=2, warmup=1)
     assert r["iterations"] == 2 and r["slices"] == 4 and r["batch_size"] == 2
+    # the LR schedule is built for the 3 iterations run, not for the loader's 6 batches
+    assert r["iterations_per_epoch"] == 3
     assert r["amp"] is False and r["device"] == "cpu" and r["peak_gpu_memory_mib"] is None  # AMP is CUDA-only
     assert all(math.isfinite(x) for x in r["losses"])
