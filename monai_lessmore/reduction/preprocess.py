@@ -160,60 +160,78 @@ def _render_kernel() -> Any:
 
 
 def _stored_to_uint8(stack: StoredStack, window: tuple[float, float] | None,
-                    each: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray:
+                    each: Callable[[int, int, np.ndarray], None] | None = None, *, keep: bool = True) -> np.ndarray | None:
     """:func:`to_uint8` of a :class:`StoredStack`: straight from the stored integers when it can be (min-max
     rendering of ``raw + offset``; compiled, or in numpy while the process has not started numba), else chunk by
     chunk through its float32 values. Equal either way to ``to_uint8(stack.to_array())``: every step is per slice
     (min-max) or per voxel (window). ``each(lo, hi, rendered)`` is called with every block of output slices
-    ``lo:hi`` as soon as it is rendered (in the order the voxels are stored, so while the rest is still read)."""
+    ``lo:hi`` as soon as it is rendered (in the order the voxels are stored, so while the rest is still read).
+    ``keep=False`` renders every block into one block-sized buffer that ``each`` sees and returns ``None``."""
     from monai_lessmore.reduction._jit import use_compiled
 
+    if not keep and each is None:
+        raise ValueError("keep=False renders for each() alone: pass each")
     n = len(stack)
-    out = np.empty(stack.shape, dtype=np.uint8)
+    out = np.empty(stack.shape, dtype=np.uint8) if keep else None
     if window is None and stack.offset is not None:
         # Min-max rendering is per slice and per voxel, so any flip or order of the in-slice axes gives the same
         # pixels: walk the stored voxels in memory order (positive strides, the fastest axis last; for the usual
-        # (x, y, z) file each slice is then one contiguous block) and write through the same flips into ``out``.
-        raw, dst = stack.raw, out
-        flipped = raw.strides[0] < 0  # block i:j of ``raw`` is then output slices n-j:n-i
-        for axis in range(3):
-            if raw.strides[axis] < 0:
-                raw, dst = np.flip(raw, axis), np.flip(dst, axis)
-        if abs(raw.strides[1]) < abs(raw.strides[2]):
-            raw, dst = raw.transpose(0, 2, 1), dst.transpose(0, 2, 1)
+        # (x, y, z) file each slice is then one contiguous block) and write through the same flips.
+        raw = stack.raw
+        flips = tuple(axis for axis in range(3) if raw.strides[axis] < 0)
+        flipped = 0 in flips  # block i:j of ``raw`` is then output slices n-j:n-i
+        if flips:
+            raw = np.flip(raw, flips)
+        swap = abs(raw.strides[1]) < abs(raw.strides[2])
+        if swap:
+            raw = raw.transpose(0, 2, 1)
+
+        def as_stored(target: np.ndarray) -> np.ndarray:  # output slices lo:hi, viewed in the order of ``raw``
+            target = np.flip(target, flips) if flips else target
+            return target.transpose(0, 2, 1) if swap else target
+
         kernel = _render_kernel() if use_compiled(raw.size) else None
         lut = np.empty(1 << 16, dtype=np.uint8)
         # slices in the order of their addresses, so that a volume still being read is rendered as it arrives
         # (one call for the whole stack when it is all there)
         pipelined = stack.ready is not None or each is not None
         step = max(1, _PIPELINE_BYTES // max(1, raw[:1].nbytes)) if pipelined else max(1, n)
+        scratch = None if keep else np.empty((min(step, n), *stack.shape[1:]), dtype=np.uint8)
         for i in range(0, n, step):
-            block, into = raw[i : i + step], dst[i : i + step]
+            block = raw[i : i + step]
+            lo, hi = (max(0, n - i - step), n - i) if flipped else (i, min(n, i + step))
+            target = out[lo:hi] if keep else scratch[: hi - lo]
             if stack.ready is not None:
                 stack.ready(block)
             if kernel is not None:
-                kernel(block, into, lut)
+                kernel(block, as_stored(target), lut)
             else:
-                _render_offset_numpy(block, into)
+                _render_offset_numpy(block, as_stored(target))
             if each is not None:
-                lo, hi = (max(0, n - i - step), n - i) if flipped else (i, min(n, i + step))
-                each(lo, hi, out[lo:hi])
+                each(lo, hi, target)
         return out
     step = _chunk_slices(stack.shape)
     for i in range(0, n, step):
-        out[i : i + step] = to_uint8(stack.chunk(i, i + step), window=window)
+        rendered = to_uint8(stack.chunk(i, i + step), window=window)
+        if keep:
+            out[i : i + step] = rendered
         if each is not None:
-            each(i, min(n, i + step), out[i : i + step])
+            each(i, min(n, i + step), rendered)
     return out
 
 
 def render_stack(stack: StoredStack, *, window: Sequence[float] | None = None,
-                 each: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray:
+                 each: Callable[[int, int, np.ndarray], None] | None = None, keep: bool = True) -> np.ndarray | None:
     """:func:`to_uint8` of a :class:`StoredStack`, calling ``each(lo, hi, rendered)`` with every block of output
     slices ``lo:hi`` as soon as it is rendered: for a volume still being read, while the rest arrives (the HASH
     reduction hashes each block there). Every slice is in exactly one block; blocks come in the order the voxels
-    are stored, which may be from the last slice down."""
-    return _stored_to_uint8(stack, validate_window(window), each)
+    are stored, which may be from the last slice down.
+
+    ``keep=False`` (with ``each``) does not keep the rendered stack: every block is rendered into one buffer of a
+    block's size, valid only during its ``each`` call, and ``None`` is returned. The HASH reduction needs only the
+    hashes, so a volume costs its stored voxels and a few slices more, not also a uint8 copy of itself.
+    """
+    return _stored_to_uint8(stack, validate_window(window), each, keep=keep)
 
 
 def validate_window(window: Sequence[float] | None) -> tuple[float, float] | None:

@@ -408,7 +408,8 @@ class SliceReducer:
             def each(lo: int, hi: int, block: np.ndarray) -> None:
                 streamed[lo:hi] = dhash(block)
 
-            u8 = render_stack(slices, window=self.window, each=each)
+            # the pixel-wise measures compare the rendered slices; the others need only their hashes
+            u8 = render_stack(slices, window=self.window, each=each, keep=self.method in _PIXELWISE)
         else:
             u8 = self.render(slices, rendered=rendered)
         compared = u8
@@ -431,7 +432,7 @@ class SliceReducer:
             hashes = streamed
         else:
             hashes = dhash(u8) if u8.shape[0] else np.zeros(0, dtype=np.uint64)
-        n = len(u8)
+        n = len(slices) if u8 is None else len(u8)
         if n == 0:
             raise ValueError("the volume has no slices")
         threshold_used: float | None = self.threshold

@@ -274,7 +274,8 @@ def test_slice_reads_reopen_a_rewritten_file(tmp_path, rng):
 def _reader_threads() -> list:
     import threading
 
-    return [t for t in threading.enumerate() if t.name.startswith("lessmore-read")]
+    # the inflating thread and the thread that hashes what it reads
+    return [t for t in threading.enumerate() if t.name.startswith(("lessmore-read", "lessmore-sha256"))]
 
 
 def _wait_for_no_reader_threads(limit_s: float = 30.0) -> list:
@@ -378,3 +379,13 @@ def test_a_streamed_volume_given_up_half_way_stops_its_thread(tmp_path, rng, mon
     del vol
     gc.collect()
     assert _wait_for_no_reader_threads() == []
+
+
+def test_voxel_buffer_is_writable_memory_of_the_size_asked():
+    from monai_lessmore.io.nifti import _voxel_buffer
+
+    buf = _voxel_buffer(3 * 4096 + 5)
+    assert buf.dtype == np.uint8 and buf.shape == (3 * 4096 + 5,) and buf.flags.writeable
+    buf[:] = 7
+    assert int(buf.sum()) == 7 * buf.size
+    assert _voxel_buffer(0).shape == (0,)

@@ -109,11 +109,13 @@ def test_stored_rendering_is_the_same_in_numpy_and_compiled(dtype, layout, monke
         np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("layout", ["c", "xyz", "flipped"])
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("layout", ["c", "xyz", "flipped", "transposed"])
 @pytest.mark.parametrize("offset", [-1024, None])
-def test_render_stack_hands_on_every_slice_once_as_it_is_rendered(layout, offset, monkeypatch):
+def test_render_stack_hands_on_every_slice_once_as_it_is_rendered(layout, offset, keep, monkeypatch):
     """``render_stack(..., each=)``: the blocks cover every output slice exactly once, each block's pixels are the
-    final ones when it is handed on (the HASH reduction hashes them there), in the order the voxels are stored."""
+    final ones when it is handed on (the HASH reduction hashes them there), in the order the voxels are stored;
+    with ``keep=False`` the same blocks, rendered into one reused buffer, and nothing returned."""
     import monai_lessmore.reduction.preprocess as pp
     from monai_lessmore.reduction.dhash import dhash
     from monai_lessmore.reduction.preprocess import StoredStack, render_stack
@@ -124,17 +126,31 @@ def test_render_stack_hands_on_every_slice_once_as_it_is_rendered(layout, offset
         raw = np.ascontiguousarray(raw.transpose(2, 1, 0)).transpose(2, 1, 0)
     elif layout == "flipped":
         raw = raw[::-1, :, ::-1]
+    elif layout == "transposed":  # rows are the fastest axis in memory, and stored from the last slice down
+        raw = np.ascontiguousarray(raw.transpose(0, 2, 1)).transpose(0, 2, 1)[::-1]
     stack = StoredStack(raw, offset=offset, scale=None if offset is not None else (lambda b: b.astype(np.float32)))
-    seen, hashes = [], np.zeros(7, dtype=np.uint64)
+    seen, hashes, blocks = [], np.zeros(7, dtype=np.uint64), {}
 
     def each(lo, hi, block):
         seen.extend(range(lo, hi))
         hashes[lo:hi] = dhash(block.copy())
+        blocks[lo] = block.copy()
 
-    got = render_stack(stack, each=each)
+    got = render_stack(stack, each=each, keep=keep)
     expected = to_uint8(raw.astype(np.float32))
-    np.testing.assert_array_equal(got, expected)
+    if keep:
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert got is None
+    np.testing.assert_array_equal(np.concatenate([blocks[lo] for lo in sorted(blocks)]), expected)
     assert sorted(seen) == list(range(7))
     if offset is not None:  # the stored path goes in blocks in storage order
-        assert seen[:2] == ([5, 6] if layout == "flipped" else [0, 1])  # the first block stored
+        assert seen[:2] == ([5, 6] if layout in ("flipped", "transposed") else [0, 1])  # the first block stored
     np.testing.assert_array_equal(hashes, dhash(expected))
+
+
+def test_render_stack_without_keeping_needs_each():
+    from monai_lessmore.reduction.preprocess import StoredStack, render_stack
+
+    with pytest.raises(ValueError, match="pass each"):
+        render_stack(StoredStack(np.zeros((2, 4, 4), np.int16), offset=0), keep=False)

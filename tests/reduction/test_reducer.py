@@ -245,3 +245,29 @@ def test_deepnet_weights_are_checked_before_any_work(monkeypatch, tmp_path):
 def test_non_finite_thresholds_are_rejected(bad):
     with pytest.raises(ValueError, match="threshold must be a finite number"):
         SliceReducer(threshold=bad)
+
+
+def test_hash_reduction_of_a_stored_stack_keeps_no_rendered_copy(monkeypatch):
+    """HASH needs only the slices' hashes: a stored stack is rendered block by block into one block-sized buffer,
+    so the reduction allocates far less than the ``uint8`` copy of the volume it used to keep, and selects the
+    same slices as the reduction of the rendered stack."""
+    import tracemalloc
+
+    import monai_lessmore.reduction.preprocess as pp
+    from monai_lessmore.reduction import _jit
+    from monai_lessmore.reduction.preprocess import StoredStack
+
+    monkeypatch.setattr(_jit, "numba_started", lambda: False)
+    monkeypatch.setattr(_jit, "COMPILE_AFTER_PIXELS", 1 << 62)  # the numpy kernels (no compiler allocations)
+    monkeypatch.setattr(pp, "_PIPELINE_BYTES", 2 * 256 * 256 * 2)  # two int16 slices per block
+    raw = np.repeat(make_phantom(n_slices=16, size=256, seed=3).astype(np.int16), 4, axis=0)  # (64, 256, 256)
+    expected = SliceReducer(method="hash", threshold=6).reduce(to_uint8(raw.astype(np.float32)), rendered=True)
+    tracemalloc.start()
+    try:
+        got = SliceReducer(method="hash", threshold=6).reduce(StoredStack(raw, offset=0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < raw.size // 2, f"{peak} bytes allocated; the uint8 copy alone is {raw.size}"
+    np.testing.assert_array_equal(got.kept, expected.kept)
+    assert got.hashes == expected.hashes
