@@ -228,7 +228,8 @@ Executor = Callable[[Sequence[tuple[str, str]], tuple], Iterator[tuple[str, str,
 
 
 def _share_cores(threads: int) -> None:
-    """Limit this worker's torch (and compiled-kernel) threads, never above what it would use anyway.
+    """Limit this worker's torch (and compiled-kernel) threads, never above what it would use anyway; with fewer
+    than two, its ``.nii.gz`` files are read before they are rendered, not in a thread alongside.
 
     A spawned worker has not imported torch yet, and a HASH run never does (importing it costs each worker ~2 s of
     CPU): ``OMP_NUM_THREADS``, which torch reads when it is imported, carries the limit. Where torch is already
@@ -240,6 +241,13 @@ def _share_cores(threads: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(max(1, min(limit, torch.get_num_threads())))
+    if threads < 2 and "LESSMORE_STREAM_GZIP" not in os.environ:
+        # with one core of its own a worker reads each .nii.gz first: inflating in a thread would only take turns
+        # with the rendering (see monai_lessmore.io.nifti.stream_gzip_default)
+        os.environ["LESSMORE_STREAM_GZIP"] = "0"
+        nifti = sys.modules.get("monai_lessmore.io.nifti")
+        if nifti is not None:
+            nifti.STREAM_GZIP = False
 
 
 #: Seconds between a worker's checks that its parent (the client) is alive, where no parent-death signal exists.

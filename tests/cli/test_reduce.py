@@ -291,13 +291,20 @@ def test_adding_mixed_size_recomputes_only_the_refused_volume(dataset, tmp_path)
 def test_worker_processes_share_the_cores(monkeypatch):
     import torch
 
+    import monai_lessmore.io.nifti as nifti
     from monai_lessmore.cli.reduce import _share_cores
 
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(nifti, "STREAM_GZIP", True)
+    monkeypatch.setenv("LESSMORE_STREAM_GZIP", "")  # so that the change below is undone after the test
+    monkeypatch.delenv("LESSMORE_STREAM_GZIP")
+    _share_cores(2)
+    assert nifti.STREAM_GZIP and "LESSMORE_STREAM_GZIP" not in os.environ  # two cores: inflate in a thread
     try:
         _share_cores(1)
         assert torch.get_num_threads() == 1
+        assert nifti.STREAM_GZIP is False and os.environ["LESSMORE_STREAM_GZIP"] == "0"  # one: read first
         _share_cores(64)  # never more than the process would use anyway
         assert torch.get_num_threads() == 1
     finally:

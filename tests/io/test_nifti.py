@@ -389,3 +389,15 @@ def test_voxel_buffer_is_writable_memory_of_the_size_asked():
     buf[:] = 7
     assert int(buf.sum()) == 7 * buf.size
     assert _voxel_buffer(0).shape == (0,)
+
+
+def test_a_gz_is_inflated_in_a_thread_by_default_only_with_two_cpus(monkeypatch):
+    from monai_lessmore.io.nifti import stream_gzip_default
+
+    monkeypatch.delenv("LESSMORE_STREAM_GZIP", raising=False)
+    assert stream_gzip_default(cpus=2) and stream_gzip_default(cpus=16)
+    assert not stream_gzip_default(cpus=1)
+    monkeypatch.setenv("LESSMORE_STREAM_GZIP", "1")
+    assert stream_gzip_default(cpus=1)
+    monkeypatch.setenv("LESSMORE_STREAM_GZIP", "0")
+    assert not stream_gzip_default(cpus=16)
