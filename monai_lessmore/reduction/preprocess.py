@@ -138,9 +138,9 @@ def _render_offset_numpy(raw: np.ndarray, out: np.ndarray) -> None:
         span = int(sl.max()) - lo
         fspan = 1.0 if span == 0 else float(span)
         lut = np.rint(np.arange(span + 1, dtype=np.float64) / fspan * 255.0).astype(np.uint8)
-        idx = sl.astype(np.int32)  # every 8/16-bit integer is exact; idx - lo lies in 0..span
+        idx = sl.astype(np.intp)  # take's own index type (no second conversion); idx - lo lies in 0..span
         idx -= lo
-        out[s] = np.take(lut, idx)
+        np.take(lut, idx, out=out[s], mode="clip")  # every index is in range; "clip" skips the bounds check
 
 
 _RENDER_KERNEL: list[Any] = []

@@ -274,8 +274,9 @@ def test_slice_reads_reopen_a_rewritten_file(tmp_path, rng):
 def _reader_threads() -> list:
     import threading
 
-    # the inflating thread and the thread that hashes what it reads
-    return [t for t in threading.enumerate() if t.name.startswith(("lessmore-read", "lessmore-sha256"))]
+    # the inflating thread, the thread that hashes what it reads and the one that maps the buffer's pages
+    prefixes = ("lessmore-read", "lessmore-sha256", "lessmore-populate")
+    return [t for t in threading.enumerate() if t.name.startswith(prefixes)]
 
 
 def _wait_for_no_reader_threads(limit_s: float = 30.0) -> list:
@@ -401,3 +402,14 @@ def test_a_gz_is_inflated_in_a_thread_by_default_only_with_two_cpus(monkeypatch)
     assert stream_gzip_default(cpus=1)
     monkeypatch.setenv("LESSMORE_STREAM_GZIP", "0")
     assert not stream_gzip_default(cpus=16)
+
+
+def test_mapping_the_pages_ahead_keeps_what_was_written():
+    """The pages are mapped while the reading thread writes into them: the advice must never change contents."""
+    from monai_lessmore.io.nifti import _populate, _voxel_buffer
+
+    buf = _voxel_buffer(5 * 4096 + 123)
+    buf[: 3 * 4096 + 7] = np.arange(3 * 4096 + 7) % 251  # part written, part never touched
+    assert _populate(buf, 1000, buf.nbytes) in (True, False)  # False where the system cannot (then nothing done)
+    np.testing.assert_array_equal(buf[: 3 * 4096 + 7], np.arange(3 * 4096 + 7) % 251)
+    assert _populate(buf, 10, 10) is False  # an empty range: nothing to do
