@@ -132,12 +132,17 @@ class _HashingReader(io.RawIOBase):
         super().__init__()
         self._raw, self._sha = raw, hashlib.sha256()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_HASH_QUEUE)
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._hash, name="lessmore-sha256", daemon=True)
         self._thread.start()
 
     def _hash(self) -> None:
         while (chunk := self._queue.get()) is not None:
-            self._sha.update(chunk)  # hashlib releases the GIL for chunks of more than 2 KiB
+            if self._error is None:  # after a failure, keep taking chunks: the reader must never wait on a full queue
+                try:
+                    self._sha.update(chunk)  # hashlib releases the GIL for chunks of more than 2 KiB
+                except BaseException as err:  # noqa: BLE001 - reported by hexdigest()
+                    self._error = err
 
     def readable(self) -> bool:
         return True
@@ -154,6 +159,8 @@ class _HashingReader(io.RawIOBase):
     def hexdigest(self) -> str:
         """The SHA-256 of every byte read (once the hashing thread has caught up)."""
         self.stop()
+        if self._error is not None:
+            raise RuntimeError(f"hashing the file failed: {self._error!r}") from self._error
         return self._sha.hexdigest()
 
     def stop(self) -> None:
@@ -171,8 +178,8 @@ def _voxel_buffer(nbytes: int) -> np.ndarray:
     on compaction: measured here as 0.6-0.9 s of system time, in one run of four, for a 300 MiB buffer filled by
     the reading thread. Ordinary pages cost about the same to fill and never stall that way.
     """
-    if nbytes <= 0:
-        return np.empty(0, dtype=np.uint8)
+    if nbytes <= 0 or not hasattr(mmap, "MAP_PRIVATE"):  # Windows has no such flags (nor that numpy advice)
+        return np.empty(max(0, nbytes), dtype=np.uint8)
     return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=np.uint8)
 
 

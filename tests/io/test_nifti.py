@@ -413,3 +413,28 @@ def test_mapping_the_pages_ahead_keeps_what_was_written():
     assert _populate(buf, 1000, buf.nbytes) in (True, False)  # False where the system cannot (then nothing done)
     np.testing.assert_array_equal(buf[: 3 * 4096 + 7], np.arange(3 * 4096 + 7) % 251)
     assert _populate(buf, 10, 10) is False  # an empty range: nothing to do
+
+
+def test_the_hashing_thread_hashes_in_order_and_a_failure_never_blocks_the_reader():
+    import hashlib
+    import io
+
+    from monai_lessmore.io import nifti
+
+    data = bytes(range(256)) * 5000
+    reader = nifti._HashingReader(io.BytesIO(data))
+    while reader.read(777):
+        pass
+    assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
+
+    class Failing:
+        def update(self, chunk):
+            raise MemoryError("no memory")
+
+    reader = nifti._HashingReader(io.BytesIO(data))
+    reader._sha = Failing()
+    while reader.read(100):  # far more chunks than the queue holds: the reader must go on
+        pass
+    with pytest.raises(RuntimeError, match="hashing the file failed"):
+        reader.hexdigest()
+    assert not reader._thread.is_alive()
