@@ -192,8 +192,14 @@ def process_volume(
         # the reader's warnings (DICOM position gaps, missing rescale) go to the record and the summary instead
         warnings.simplefilter("ignore", UserWarning)
         vol = load_volume(source, order=order, lazy=True).require_finite()
+    streamed = getattr(vol, "streamed", False)
+    # the digest of what is reduced: taken before the read, or for a .nii.gz read in a thread from the bytes it
+    # inflated (no second read), once that thread has ended
+    digest = None if streamed else content_digest(source)
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
-    digest = content_digest(source)  # after the read: a .nii.gz is hashed from the bytes inflated (no second read)
+    if digest is None:
+        vol.finish_reading()
+        digest = content_digest(source)
     out = Path(out_dir)
     if export == "png":
         _export_png(out, name, reducer.render(vol.slices(), rendered=vol.is_uint8_rendered), result.kept.tolist())

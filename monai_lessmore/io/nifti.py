@@ -22,7 +22,8 @@ StoredStack`), and the float32 ``array`` -- equal to the eager one -- is made on
 ``.nii.gz``, ``lazy=True`` also returns at once: a background thread inflates the file into the buffer (ISA-L and
 zlib release the GIL) while the caller renders and hashes the slices that have arrived, and a second thread
 computes the file's SHA-256 from the compressed bytes read (kept by :func:`monai_lessmore.utils.files.
-remember_file_digest`, so a resumable run does not read the file again). ``LESSMORE_STREAM_GZIP=0`` reads
+remember_file_digest`, so that ``lessmore reduce`` records the digest of the bytes it reduced without reading the
+file a second time). ``LESSMORE_STREAM_GZIP=0`` reads
 everything first; the voxels are the same either way.
 
 ``meta`` keys: ``spacing`` (mm along ``(S, H, W)``), ``affine`` (RAS affine of the returned array),
@@ -95,9 +96,11 @@ def stream_gzip_default(cpus: int | None = None) -> bool:
     environment variable ``LESSMORE_STREAM_GZIP`` says otherwise (``0`` or ``1``). On one CPU the threads only
     take turns: 8 volumes of 512x512x300 took 1.10x a bare nibabel load streamed and 1.03x read first (measured
     with ``taskset -c 0``), against 0.82x and 1.00x on two CPUs."""
-    env = os.environ.get("LESSMORE_STREAM_GZIP")
-    if env is not None:
-        return env != "0"
+    env = os.environ.get("LESSMORE_STREAM_GZIP", "").strip().lower()
+    if env in ("0", "false", "no", "off"):
+        return False
+    if env in ("1", "true", "yes", "on"):
+        return True
     return (_available_cpus() if cpus is None else int(cpus)) >= 2
 
 
@@ -277,6 +280,10 @@ class _StreamedVoxels:
         self._stop.set()
         self._thread.join()
 
+    def join(self) -> None:
+        """Wait for the thread to end by itself (at the file's last byte, or at an error)."""
+        self._thread.join()
+
 
 #: Linux's ``MADV_POPULATE_WRITE`` (5.14 and later): map the pages of a range writable, as a write to each would,
 #: without touching their contents
@@ -436,6 +443,19 @@ def _read(img: Any, index: tuple[Any, ...], path: str) -> np.ndarray:
 class LazyNiftiVolume(LazyVolume):
     """The :class:`~monai_lessmore.io.volume.LazyVolume` of a NIfTI file (``lazy=True`` of :func:`load_nifti`)."""
 
+    _stream: _StreamedVoxels | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether a thread reads the file (a ``.nii.gz``): its SHA-256 then comes from the bytes it inflated."""
+        return self._stream is not None
+
+    def finish_reading(self) -> None:
+        """Wait until the reading thread has ended (after the last voxel it reads the rest of the file and
+        remembers the file's SHA-256 for :func:`monai_lessmore.utils.files.content_digest`); at once when none."""
+        if self._stream is not None:
+            self._stream.join()
+
 
 def load_nifti(path: str | os.PathLike, *, lazy: bool = False) -> Volume:
     """Read a NIfTI file as an axial ``(S, H, W)`` ``float32`` stack (see the module docstring for the convention).
@@ -466,7 +486,9 @@ def load_nifti(path: str | os.PathLike, *, lazy: bool = False) -> Volume:
     meta["nonfinite_voxels"] = stack.count_nonfinite()
     kwargs = dict(name=nifti_volume_name(path), source=path, kind="nifti", meta=meta)
     if lazy:
-        return LazyNiftiVolume(stack=stack, **kwargs)
+        vol = LazyNiftiVolume(stack=stack, **kwargs)
+        vol._stream = None if streamed is None else streamed[1]
+        return vol
     return Volume(array=stack.to_array(), **kwargs)
 
 

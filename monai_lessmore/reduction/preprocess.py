@@ -224,8 +224,9 @@ def render_stack(stack: StoredStack, *, window: Sequence[float] | None = None,
                  each: Callable[[int, int, np.ndarray], None] | None = None, keep: bool = True) -> np.ndarray | None:
     """:func:`to_uint8` of a :class:`StoredStack`, calling ``each(lo, hi, rendered)`` with every block of output
     slices ``lo:hi`` as soon as it is rendered: for a volume still being read, while the rest arrives (the HASH
-    reduction hashes each block there). Every slice is in exactly one block; blocks come in the order the voxels
-    are stored, which may be from the last slice down.
+    reduction hashes each block there). Every slice is in exactly one block. Min-max rendering from the stored
+    integers goes in the order the voxels are stored, which may be from the last slice down; the float path (a
+    window, non-integer scaling, float data) goes from the first output slice.
 
     ``keep=False`` (with ``each``) does not keep the rendered stack: every block is rendered into one buffer of a
     block's size, valid only during its ``each`` call, and ``None`` is returned. The HASH reduction needs only the

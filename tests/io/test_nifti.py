@@ -297,6 +297,7 @@ def small_blocks(monkeypatch):
 
     monkeypatch.setattr(nifti, "_PIPELINE_BLOCK", 333)
     monkeypatch.setattr(preprocess, "_PIPELINE_BYTES", 700)
+    monkeypatch.setattr(nifti, "STREAM_GZIP", True)  # whatever this machine's CPUs and environment
 
 
 @pytest.mark.parametrize("orient", sorted(_AFFINES))
@@ -373,6 +374,7 @@ def test_a_streamed_volume_given_up_half_way_stops_its_thread(tmp_path, rng, mon
 
     import monai_lessmore.io.nifti as nifti
 
+    monkeypatch.setattr(nifti, "STREAM_GZIP", True)
     monkeypatch.setattr(nifti, "_PIPELINE_BLOCK", 64)
     path = write_nifti(tmp_path / "v.nii.gz", random_volume(rng, (64, 64, 64)).astype(np.int16))
     vol = load_nifti(path, lazy=True)
@@ -438,3 +440,31 @@ def test_the_hashing_thread_hashes_in_order_and_a_failure_never_blocks_the_reade
     with pytest.raises(RuntimeError, match="hashing the file failed"):
         reader.hexdigest()
     assert not reader._thread.is_alive()
+
+
+def test_reducing_a_streamed_file_hashes_it_once_and_records_that_digest(tmp_path, rng, monkeypatch, small_blocks):
+    """``process_volume`` right after the reduction: the digest of the bytes the thread inflated, never a second
+    read of the file, whatever the threads' timing."""
+    import hashlib
+
+    from monai_lessmore.cli.reduce import process_volume
+    from monai_lessmore.utils import files
+
+    path = write_nifti(tmp_path / "v.nii.gz", random_volume(rng, (40, 30, 20)).astype(np.int16))
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(files, "file_hash", lambda p: pytest.fail("the file was read a second time"))
+    record = process_volume(str(path), "v", {"method": "hash", "threshold": 6}, str(tmp_path / "out"), "none",
+                            "index", write_record=False)
+    assert record["digest"] == expected
+    assert _wait_for_no_reader_threads() == []
+
+
+def test_stream_gzip_setting_reads_common_spellings(monkeypatch):
+    from monai_lessmore.io.nifti import stream_gzip_default
+
+    for off in ("0", "false", "No", " off "):
+        monkeypatch.setenv("LESSMORE_STREAM_GZIP", off)
+        assert not stream_gzip_default(cpus=8)
+    for on in ("1", "true", "YES"):
+        monkeypatch.setenv("LESSMORE_STREAM_GZIP", on)
+        assert stream_gzip_default(cpus=1)
