@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import sys
+import threading
 
 import nibabel as nib
 import numpy as np
@@ -243,6 +246,18 @@ def test_stored_reading_without_isal_gives_the_same_bytes(tmp_path, rng, monkeyp
         assert isinstance(fh, gzip.GzipFile)
     np.testing.assert_array_equal(load_nifti(path).array, with_default)
     np.testing.assert_array_equal(with_default, _eager_reference(path))
+    # inflated in a thread by the standard library's gzip, hashed from the bytes read
+    import hashlib
+
+    from monai_lessmore.utils import files
+
+    monkeypatch.setattr(nifti, "STREAM_GZIP", True)
+    streamed = load_nifti(path, lazy=True)
+    assert streamed.streamed
+    np.testing.assert_array_equal(streamed.array, with_default)
+    streamed.finish_reading()
+    monkeypatch.setattr(files, "file_hash", lambda p: pytest.fail("the file was read a second time"))
+    assert files.content_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_nonfinite_counted_on_stored_floats(tmp_path):
@@ -412,7 +427,10 @@ def test_mapping_the_pages_ahead_keeps_what_was_written():
 
     buf = _voxel_buffer(5 * 4096 + 123)
     buf[: 3 * 4096 + 7] = np.arange(3 * 4096 + 7) % 251  # part written, part never touched
-    assert _populate(buf, 1000, buf.nbytes) in (True, False)  # False where the system cannot (then nothing done)
+    ok = _populate(buf, 1000, buf.nbytes)
+    release = tuple(int(x) for x in os.uname().release.split(".")[:2] if x.isdigit()) if hasattr(os, "uname") else ()
+    if sys.platform.startswith("linux") and len(release) == 2 and release >= (5, 14):
+        assert ok  # the advice exists there: a wrong constant or address would make it fail
     np.testing.assert_array_equal(buf[: 3 * 4096 + 7], np.arange(3 * 4096 + 7) % 251)
     assert _populate(buf, 10, 10) is False  # an empty range: nothing to do
 
@@ -435,8 +453,15 @@ def test_the_hashing_thread_hashes_in_order_and_a_failure_never_blocks_the_reade
 
     reader = nifti._HashingReader(io.BytesIO(data))
     reader._sha = Failing()
-    while reader.read(100):  # far more chunks than the queue holds: the reader must go on
-        pass
+
+    def read_all():
+        while reader.read(100):  # far more chunks than the queue holds: the reader must go on
+            pass
+
+    worker = threading.Thread(target=read_all, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the reader waits on the failed hashing thread"
     with pytest.raises(RuntimeError, match="hashing the file failed"):
         reader.hexdigest()
     assert not reader._thread.is_alive()
