@@ -49,6 +49,7 @@ import numpy as np
 from monai_lessmore.io.discover import OUTPUT_MARKER, is_output_folder
 from monai_lessmore.io.slice_folder import resolve_slice_volume, validate_order
 from monai_lessmore.reduction.reducer import SliceReducer
+from monai_lessmore.utils.cpus import available_cpus
 from monai_lessmore.utils.files import (
     atomic_write_json,
     atomic_write_text,
@@ -319,8 +320,7 @@ def local_executor(workers: int = 1) -> Executor:
 
         # spawn: workers must not inherit torch/BLAS thread pools from a forked parent; each gets its share of the
         # cores (torch's count, which the compiled SSIM/MI kernels follow too) instead of all of them
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // workers)
+        threads = max(1, available_cpus() // workers)
         workers_lock = os.path.join(args[1], _WORKERS_LOCK)
         pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init,

@@ -51,7 +51,11 @@ def reduce_volume_file(
     from monai_lessmore.utils.files import content_digest
 
     params = {**reducer.params(), "order": order}
-    digest = content_digest(source) if cache is not None or slice_store_dir is not None else None
+    digest = None
+    if cache is not None:  # its stat index gives the digest of a volume seen before without reading it
+        digest = cache.digest(source)
+    elif slice_store_dir is not None:
+        digest = content_digest(source)
     store = None
     if slice_store_dir is not None and detect_volume_kind(source)[0] in _STORED_KINDS:
         key = params_digest(params)[:12]

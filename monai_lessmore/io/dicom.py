@@ -65,6 +65,7 @@ import numpy as np
 import pydicom
 
 from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
+from monai_lessmore.utils.cpus import available_cpus
 
 __all__ = [
     "DICOM_ORDERS",
@@ -581,13 +582,9 @@ def _meta(series: _Series, extra_warnings: list[str]) -> dict[str, Any]:
 
 
 def auto_dicom_threads() -> int:
-    """Threads ``num_threads=None`` of :func:`load_dicom_series` means: the CPUs this process may use, at most
-    :data:`MAX_DICOM_THREADS`."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_DICOM_THREADS, cpus))
+    """Threads ``num_threads=None`` of :func:`load_dicom_series` means: the CPUs this process may use
+    (:func:`~monai_lessmore.utils.cpus.available_cpus`), at most :data:`MAX_DICOM_THREADS`."""
+    return min(MAX_DICOM_THREADS, available_cpus())
 
 
 #: most threads :func:`auto_dicom_threads` picks

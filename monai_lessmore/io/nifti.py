@@ -57,7 +57,8 @@ import numpy as np
 
 from monai_lessmore.io.orientation import apply_axial_orientation, axial_orientation, source_slice_index
 from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
-from monai_lessmore.utils.files import remember_file_digest
+from monai_lessmore.utils.cpus import available_cpus
+from monai_lessmore.utils.files import known_file_digest, remember_file_digest
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -87,13 +88,10 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.I
 _READ_BLOCK = 1 << 22
 
 
-def _available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def stream_gzip_default(cpus: int | None = None) -> bool:
     """Whether ``load_nifti(..., lazy=True)`` inflates a ``.nii.gz`` in a background thread by default: when the
-    process may run on two CPUs or more (``cpus``: the CPUs it may use; default: its affinity), unless the
+    process may run on two CPUs or more (``cpus``: the CPUs it may use; default:
+    :func:`~monai_lessmore.utils.cpus.available_cpus`, its affinity and cgroup quota), unless the
     environment variable ``LESSMORE_STREAM_GZIP`` says otherwise (``0`` or ``1``). On one CPU the threads only
     take turns: 8 volumes of 512x512x300 took 1.10x a bare nibabel load streamed and 1.03x read first (measured
     with ``taskset -c 0``), against 0.73x and 1.01x on two CPUs."""
@@ -102,7 +100,7 @@ def stream_gzip_default(cpus: int | None = None) -> bool:
         return False
     if env in ("1", "true", "yes", "on"):
         return True
-    return (_available_cpus() if cpus is None else int(cpus)) >= 2
+    return (available_cpus() if cpus is None else int(cpus)) >= 2
 
 
 #: ``load_nifti(..., lazy=True)`` of a ``.nii.gz`` inflates in a background thread while the caller renders the
@@ -222,32 +220,36 @@ class _StreamedVoxels:
         nbytes = self._nbytes
         try:
             hashed = None
-            with open(self._name, "rb") as raw, _open_gzip_stream(hashed := _HashingReader(raw)) as fh:
+            with open(self._name, "rb") as raw:
                 st = os.fstat(raw.fileno())
-                skip = offset  # the header: read past it (the hashing stream does not seek)
-                while skip:
-                    got = len(fh.read(min(skip, _PIPELINE_BLOCK)))
-                    if not got:
-                        raise EOFError(f"the file ends inside its header ({offset - skip} of {offset} bytes)")
-                    skip -= got
-                done = 0
-                while done < nbytes and not self._stop.is_set():
-                    buf = buf_ref()
-                    if buf is None:  # nothing reads these voxels any more
-                        break
-                    with memoryview(buf) as view:
-                        got = fh.readinto(view[done : min(nbytes, done + _PIPELINE_BLOCK)])
-                    del buf
-                    if not got:
-                        raise EOFError(f"the file ends after {done} of {nbytes} voxel bytes")
-                    done += got
-                    with self._cond:
-                        self._filled = done
-                        self._cond.notify_all()
-                if done == nbytes:  # the input's SHA-256 from the bytes read, not from a second read of the file
-                    while hashed.read(_PIPELINE_BLOCK):
-                        pass
-                    remember_file_digest(self._name, hashed.hexdigest(), st)
+                if known_file_digest(self._name, st) is None:  # e.g. a cache lookup has just taken it
+                    hashed = _HashingReader(raw)
+                with _open_gzip_stream(raw if hashed is None else hashed) as fh:
+                    skip = offset  # the header: read past it (the hashing stream does not seek)
+                    while skip:
+                        got = len(fh.read(min(skip, _PIPELINE_BLOCK)))
+                        if not got:
+                            raise EOFError(f"the file ends inside its header ({offset - skip} of {offset} bytes)")
+                        skip -= got
+                    done = 0
+                    while done < nbytes and not self._stop.is_set():
+                        buf = buf_ref()
+                        if buf is None:  # nothing reads these voxels any more
+                            break
+                        with memoryview(buf) as view:
+                            got = fh.readinto(view[done : min(nbytes, done + _PIPELINE_BLOCK)])
+                        del buf
+                        if not got:
+                            raise EOFError(f"the file ends after {done} of {nbytes} voxel bytes")
+                        done += got
+                        with self._cond:
+                            self._filled = done
+                            self._cond.notify_all()
+                    # the input's SHA-256 from the bytes read, not from a second read of the file
+                    if done == nbytes and hashed is not None:
+                        while hashed.read(_PIPELINE_BLOCK):
+                            pass
+                        remember_file_digest(self._name, hashed.hexdigest(), st)
         except BaseException as err:  # noqa: BLE001 - raised in the reading thread by ready()
             with self._cond:
                 self._error = err
@@ -271,9 +273,14 @@ class _StreamedVoxels:
             filled, error = self._filled, self._error
         if filled < end:
             err = error or RuntimeError("the read was stopped")
+            if isinstance(err, _READ_ERRORS):
+                fix = "the file is truncated or corrupt: re-download or re-export it"
+            elif isinstance(err, MemoryError):
+                fix = "out of memory: free memory or reduce with fewer --workers"
+            else:  # not the file's fault (a bug, or the read stopped by close())
+                fix = "the file itself may be fine: please report this error with the file's header (nib-ls)"
             raise VolumeReadError(
-                f"{self._path}: the voxel data could not be read ({type(err).__name__}: {err}); the file is "
-                "truncated or corrupt: re-download or re-export it"
+                f"{self._path}: the voxel data could not be read ({type(err).__name__}: {err}); {fix}"
             ) from err
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "current_umask",
     "file_hash",
     "remember_file_digest",
+    "known_file_digest",
 ]
 
 _CHUNK = 1 << 20
@@ -290,13 +291,15 @@ def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = False) ->
     return sorted(removed)
 
 
-_memo: dict[tuple[str, int, int], str] = {}
+_memo: dict[tuple[str, int, int, int, int, int], str] = {}
 _memo_lock = threading.Lock()
 
 
-def _digest_key(path: Path, st: os.stat_result | None = None) -> tuple[str, int, int]:
+def _digest_key(path: Path, st: os.stat_result | None = None) -> tuple[str, int, int, int, int, int]:
+    # the inode and change time too: a file replaced by another of the same size and modification time (a copy
+    # with preserved times, an unpacked archive) or written in place and re-dated is another key
     st = path.stat() if st is None else st
-    return str(path.resolve()), st.st_size, st.st_mtime_ns
+    return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def remember_file_digest(path: str | os.PathLike, digest: str, st: os.stat_result) -> None:
@@ -305,6 +308,13 @@ def remember_file_digest(path: str | os.PathLike, digest: str, st: os.stat_resul
     another key, so it is hashed anew)."""
     with _memo_lock:
         _memo[_digest_key(Path(path), st)] = digest
+
+
+def known_file_digest(path: str | os.PathLike, st: os.stat_result) -> str | None:
+    """The SHA-256 of the file ``path`` with stat ``st`` if this process has taken or been given it
+    (:func:`content_digest`, :func:`remember_file_digest`), else ``None``; nothing is read."""
+    with _memo_lock:
+        return _memo.get(_digest_key(Path(path), st))
 
 
 def _file_digest(path: Path) -> str:
@@ -322,9 +332,9 @@ def _file_digest(path: Path) -> str:
 def content_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a volume's content: its bytes, or for a folder the names and bytes of its files.
 
-    Within one process a file's digest is remembered by (path, size, modification time), so asking twice reads it
-    once; the ``.nii.gz`` reader records the digest of the bytes it inflated (:func:`remember_file_digest`), so
-    asking after a volume was read does not read it again.
+    Within one process a file's digest is remembered by its path and stat (device, inode, size, modification and
+    change times), so asking twice reads it once; the ``.nii.gz`` reader records the digest of the bytes it
+    inflated (:func:`remember_file_digest`), so asking after a volume was read does not read it again.
     """
     p = Path(path)
     files = volume_files(p)

@@ -355,10 +355,29 @@ def test_the_digest_of_a_streamed_file_comes_from_the_bytes_read(tmp_path, rng, 
     vol = load_nifti(path, lazy=True)
     vol.array  # every voxel read
     assert _wait_for_no_reader_threads() == []
-    key = (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
-    assert files._memo.get(key) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert files.known_file_digest(path, path.stat()) == hashlib.sha256(path.read_bytes()).hexdigest()
     monkeypatch.setattr(files, "file_hash", lambda p: pytest.fail("the file was read a second time"))
     assert files.content_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_streamed_file_whose_digest_is_known_is_not_hashed_again(tmp_path, rng, monkeypatch, small_blocks):
+    """After a cache lookup took the digest (the dataset filter), the reading thread only inflates."""
+    import monai_lessmore.io.nifti as nifti
+    from monai_lessmore.utils import files
+
+    data = random_volume(rng, (40, 30, 20)).astype(np.int16)
+    path = write_nifti(tmp_path / "v.nii.gz", data)
+    digest = files.content_digest(path)
+
+    def no_hashing(raw):
+        raise AssertionError("hashed a second time")
+
+    monkeypatch.setattr(nifti, "_HashingReader", no_hashing)
+    vol = load_nifti(path, lazy=True)
+    assert vol.streamed
+    np.testing.assert_array_equal(vol.array, load_nifti(path).array)
+    assert _wait_for_no_reader_threads() == []
+    assert files.known_file_digest(path, path.stat()) == digest
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])
@@ -381,6 +400,21 @@ def test_a_damaged_gzip_read_in_a_thread_names_the_file_and_leaves_no_thread(tmp
     from monai_lessmore.utils import files
 
     assert not [k for k in files._memo if k[0] == str(path.resolve())]  # no digest of a file not read to its end
+
+
+def test_a_failure_that_is_not_the_file_s_does_not_blame_it(tmp_path, rng, small_blocks, monkeypatch):
+    import monai_lessmore.io.nifti as nifti
+
+    path = write_nifti(tmp_path / "good.nii.gz", random_volume(rng, (32, 32, 8)).astype(np.int16))
+
+    def broken(fileobj):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(nifti, "_open_gzip_stream", broken)
+    with pytest.raises(VolumeReadError, match=r"good\.nii\.gz: .*TypeError: a bug.*may be fine") as info:
+        load_nifti(path, lazy=True).array
+    assert "re-download" not in str(info.value)
+    assert _wait_for_no_reader_threads() == []
 
 
 def test_a_streamed_volume_given_up_half_way_stops_its_thread(tmp_path, rng, monkeypatch):
