@@ -134,6 +134,9 @@ class SliceReductionFilter:
             ``{}`` = these defaults) to find them among the datalist's volumes after reducing them. The volume
             kept is the one with the most slices (ties: the smallest ``lessmore reduce`` volume name). The
             groups are in :attr:`duplicate_groups`, the dropped sources in :attr:`dropped_duplicates`.
+        cache_stat_index: with ``cache_dir``, find a volume seen before, unchanged, by its files' stat instead of
+            reading it (:class:`~monai_lessmore.data.ReductionCache`); ``False`` on file systems whose change time
+            is not kept (sshfs, s3fs and other FUSE mounts).
         config: reduction settings from a preset name (``"hash6"``, ``"ssim10"`` ...) or a YAML/JSON file
             (:mod:`monai_lessmore.reduction.presets`); ``reducer_args`` override it.
         reducer_args: everything else is passed to :class:`~monai_lessmore.reduction.SliceReducer` (``method``,
@@ -150,6 +153,7 @@ class SliceReductionFilter:
         slice_store_dir: str | os.PathLike | None = None,
         duplicates: str | os.PathLike | dict[str, Any] | None = None,
         config: str | os.PathLike | dict[str, Any] | None = None,
+        cache_stat_index: bool = True,
         **reducer_args: Any,
     ) -> None:
         self.reducer = SliceReducer(**merge_reduction_config(config, reducer_args))
@@ -160,7 +164,7 @@ class SliceReductionFilter:
         self.slice_key = slice_key
         self.order = order
         self.on_error = on_error
-        self.cache = None if cache_dir is None else ReductionCache(cache_dir)
+        self.cache = None if cache_dir is None else ReductionCache(cache_dir, stat_index=cache_stat_index)
         self.slice_store_dir = None if slice_store_dir is None else os.fspath(slice_store_dir)
         if duplicates is not None and not isinstance(duplicates, (str, os.PathLike, dict)):
             raise ValueError(f"duplicates must be a duplicates.csv path or a dict of options, got {duplicates!r}")

@@ -84,6 +84,8 @@ def _gzip_errors() -> tuple[type[BaseException], ...]:
 # What a truncated or corrupt file raises while its data is read (gzip: EOFError/zlib.error, or ISA-L's error;
 # plain: ValueError/OSError).
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) + _gzip_errors()
+#: what a truncated or corrupt .nii.gz raises while the reading thread inflates it (gzip.BadGzipFile is an OSError)
+_INFLATE_ERRORS = (OSError, EOFError, zlib.error) + _gzip_errors()
 #: bytes read per call when streaming the voxels into their buffer
 _READ_BLOCK = 1 << 22
 
@@ -273,11 +275,13 @@ class _StreamedVoxels:
             filled, error = self._filled, self._error
         if filled < end:
             err = error or RuntimeError("the read was stopped")
-            if isinstance(err, _READ_ERRORS):
+            if error is None:
+                fix = "the volume was closed before these voxels were read"
+            elif isinstance(err, _INFLATE_ERRORS):
                 fix = "the file is truncated or corrupt: re-download or re-export it"
             elif isinstance(err, MemoryError):
-                fix = "out of memory: free memory or reduce with fewer --workers"
-            else:  # not the file's fault (a bug, or the read stopped by close())
+                fix = "out of memory: free memory or read fewer volumes at once"
+            else:  # not the file's fault: a bug
                 fix = "the file itself may be fine: please report this error with the file's header (nib-ls)"
             raise VolumeReadError(
                 f"{self._path}: the voxel data could not be read ({type(err).__name__}: {err}); {fix}"

@@ -4,83 +4,93 @@ A container limited to two CPUs (``docker run --cpus 2``, a Kubernetes CPU limit
 in ``os.sched_getaffinity`` and ``os.cpu_count``; the limit is a cgroup quota (v2: ``cpu.max``, v1:
 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``). Sizing thread pools by the host's count then runs many threads that
 take turns on a few CPUs. The rule here is the JDK's (``-XX:+UseContainerSupport``): the quota divided by the
-period, rounded up, and never more than the affinity allows.
+period, rounded up, and never more than the affinity allows. The group's folder is found as the JDK and Go's
+``automaxprocs`` find it: the cgroup mount of the hierarchy (``/proc/self/mountinfo``) and the process's group in it
+(``/proc/self/cgroup``), relative to the mount's root; every group above it up to the mount counts too.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 __all__ = ["available_cpus", "cgroup_cpu_limit"]
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str) -> str | None:
     try:
-        return path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
 
 
-def _quota(text: str | None, period_text: str | None = None) -> float | None:
-    """CPUs allowed by one cgroup's quota: v2 ``"<quota> <period>"`` or ``"max <period>"``; v1 the two files'
-    contents (``-1``: none). ``None`` when unlimited or unreadable."""
-    if text is None:
-        return None
-    fields = text.split()
-    if period_text is not None:
-        fields = [fields[0] if fields else "", period_text]
-    if len(fields) != 2 or fields[0] in ("max", "-1"):
-        return None
+def _quota(quota_text: str | None, period_text: str | None) -> float | None:
+    """CPUs one group's quota allows (``quota / period``); ``None`` when unlimited (``max``, ``-1``) or unreadable."""
     try:
-        quota, period = int(fields[0]), int(fields[1])
+        quota, period = int(quota_text or ""), int(period_text or "")
     except ValueError:
         return None
     return quota / period if quota > 0 and period > 0 else None
 
 
-def cgroup_cpu_limit(*, proc_cgroup: str | os.PathLike = "/proc/self/cgroup",
-                     root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
-    """The CPUs this process's control group (and every group above it) allows, as a fraction (``1.5``), or
-    ``None`` when no quota applies or the system has no cgroups (not Linux, no ``/sys/fs/cgroup``).
+def _group_limit(folder: str, v2: bool) -> float | None:
+    if v2:  # "<quota> <period>" or "max <period>"
+        fields = (_read(os.path.join(folder, "cpu.max")) or "").split()
+        return _quota(*fields) if len(fields) == 2 else None
+    return _quota(_read(os.path.join(folder, "cpu.cfs_quota_us")), _read(os.path.join(folder, "cpu.cfs_period_us")))
+
+
+def _cpu_mounts(mountinfo: str) -> dict[bool, tuple[str, str]]:
+    """``{v2: (mount root, mount point)}`` of the cgroup v2 mount and the v1 mount holding the ``cpu`` controller."""
+    mounts: dict[bool, tuple[str, str]] = {}
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        root, point = (f.replace("\\040", " ") for f in fields[3:5])
+        if tail[0] == "cgroup2":
+            mounts.setdefault(True, (root, point))
+        elif tail[0] == "cgroup" and "cpu" in tail[2].split(","):
+            mounts.setdefault(False, (root, point))
+    return mounts
+
+
+def cgroup_cpu_limit(
+    *, proc_cgroup: str | os.PathLike = "/proc/self/cgroup", mountinfo: str | os.PathLike = "/proc/self/mountinfo"
+) -> float | None:
+    """The CPUs this process's control group, and every group above it, allow.
 
     Args:
-        proc_cgroup: the process's ``/proc/<pid>/cgroup``, which names its group in each hierarchy.
-        root: where the cgroup file systems are mounted (v2 at ``root``, v1 controllers in ``root/cpu`` or
-            ``root/cpu,cpuacct``).
+        proc_cgroup: the process's ``/proc/<pid>/cgroup`` (its group in each hierarchy).
+        mountinfo: the process's ``/proc/<pid>/mountinfo`` (where each hierarchy is mounted, and from which group).
+
+    Returns:
+        The tightest quota as a number of CPUs (``1.5``), or ``None`` when no quota applies or the system has no
+        cgroups (not Linux, no cgroup mount, files not readable). Never raises.
     """
-    text = _read(Path(proc_cgroup))
-    if text is None:
+    groups, mounted = _read(os.fspath(proc_cgroup)), _read(os.fspath(mountinfo))
+    if groups is None or mounted is None:
         return None
-    root = Path(root)
+    mounts = _cpu_mounts(mounted)
     limits: list[float] = []
-    for line in text.splitlines():
-        hier, _, rest = line.partition(":")
+    for line in groups.splitlines():
+        _, _, rest = line.partition(":")
         controllers, _, group = rest.partition(":")
-        if not hier or not group.startswith("/") or ".." in group.split("/"):  # the kernel writes neither
+        v2 = controllers == ""
+        if v2 not in mounts or (not v2 and "cpu" not in controllers.split(",")) or not group.startswith("/"):
             continue
-        if controllers == "":  # cgroup v2: one unified hierarchy
-            base, files = root if (root / "cgroup.controllers").exists() else root / "unified", ("cpu.max",)
-        elif "cpu" in controllers.split(","):
-            base = next((root / d for d in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (root / d).is_dir()), None)
-            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
-            if base is None:
-                continue
-        else:
-            continue
-        # the group as this process sees it, and each group above it (a limit on a parent applies too); inside a
-        # container with its own cgroup namespace the group is "/" and its files are at the mount itself
-        here = base / group.lstrip("/")
-        for d in (here, *here.parents):
-            if len(files) == 1:
-                limit = _quota(_read(d / files[0]))
-            else:
-                limit = _quota(_read(d / files[0]), _read(d / files[1]))
+        root, point = mounts[v2]
+        # the group relative to the mount: a container's own namespace mounts its group as "/"; a group outside the
+        # mount's root (the host's path, seen from a container without its own cgroup namespace) is the mount itself
+        root = root.rstrip("/")
+        rel = group[len(root):] if group == root or group.startswith(root + "/") else ""
+        parts = [p for p in rel.split("/") if p and p != ".."]
+        for depth in range(len(parts), -1, -1):  # the group, then each group above it, up to the mount
+            limit = _group_limit(os.path.join(point, *parts[:depth]), v2)
             if limit is not None:
                 limits.append(limit)
-            if d == base:
-                break
     return min(limits) if limits else None
 
 

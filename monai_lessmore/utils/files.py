@@ -317,31 +317,39 @@ def known_file_digest(path: str | os.PathLike, st: os.stat_result) -> str | None
         return _memo.get(_digest_key(Path(path), st))
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, fresh: bool = False) -> str:
     key = _digest_key(path)
-    with _memo_lock:
-        hit = _memo.get(key)
-    if hit is not None:
-        return hit
+    if not fresh:
+        with _memo_lock:
+            hit = _memo.get(key)
+        if hit is not None:
+            return hit
     digest = file_hash(path)
     with _memo_lock:
         _memo[key] = digest
     return digest
 
 
-def content_digest(path: str | os.PathLike) -> str:
+def content_digest(path: str | os.PathLike, *, fresh: bool = False) -> str:
     """SHA-256 of a volume's content: its bytes, or for a folder the names and bytes of its files.
 
     Within one process a file's digest is remembered by its path and stat (device, inode, size, modification and
     change times), so asking twice reads it once; the ``.nii.gz`` reader records the digest of the bytes it
     inflated (:func:`remember_file_digest`), so asking after a volume was read does not read it again.
+
+    Args:
+        path: a file, a folder, or a slice-folder volume ``<folder>/<volume id>``.
+        fresh: read every file now, whatever this process remembers (the result is remembered all the same).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
     """
     p = Path(path)
     files = volume_files(p)
     if len(files) == 1 and files[0] == p:
-        return _file_digest(p)
+        return _file_digest(p, fresh)
     base = p if p.is_dir() else p.parent
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(base)).encode("utf-8") + b"\0" + _file_digest(f).encode("ascii") + b"\n")
+        h.update(str(f.relative_to(base)).encode("utf-8") + b"\0" + _file_digest(f, fresh).encode("ascii") + b"\n")
     return h.hexdigest()
