@@ -250,7 +250,7 @@ def _share_cores(threads: int) -> None:
         torch.set_num_threads(max(1, min(limit, torch.get_num_threads())))
     if threads < 2 and "LESSMORE_STREAM_GZIP" not in os.environ:
         # with one core of its own a worker reads each .nii.gz first: inflating in a thread would only take turns
-        # with the rendering (see monai_lessmore.io.nifti.stream_gzip_default)
+        # with the rendering (see monai_lessmore.utils.gzstream.stream_gzip_default)
         os.environ["LESSMORE_STREAM_GZIP"] = "0"
         nifti = sys.modules.get("monai_lessmore.io.nifti")
         if nifti is not None:

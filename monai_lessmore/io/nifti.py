@@ -23,8 +23,10 @@ StoredStack`), and the float32 ``array`` -- equal to the eager one -- is made on
 zlib release the GIL) while the caller renders and hashes the slices that have arrived, and a second thread
 computes the file's SHA-256 from the compressed bytes read (kept by :func:`monai_lessmore.utils.files.
 remember_file_digest`, so that ``lessmore reduce`` records the digest of the bytes it reduced without reading the
-file a second time). ``LESSMORE_STREAM_GZIP=0`` reads
-everything first; the voxels are the same either way.
+file a second time); see :mod:`monai_lessmore.utils.gzstream`. ``LESSMORE_STREAM_GZIP=0`` reads everything
+first; the voxels are the same either way. The header of a ``.nii.gz`` is read through ISA-L too
+(:func:`_gz_header_image`): ``nib.load`` opens the file twice, and with ``indexed_gzip`` installed each first read
+inflates a whole buffer (45 ms per file, measured, against about 1 ms).
 
 ``meta`` keys: ``spacing`` (mm along ``(S, H, W)``), ``affine`` (RAS affine of the returned array),
 ``original_affine``, ``orientation`` (stored axis codes, e.g. ``("R", "A", "S")``), ``slice_axis`` (stored axis
@@ -37,16 +39,9 @@ and applies the same flips and transposes, so it equals ``load_nifti(path).array
 
 from __future__ import annotations
 
-import functools
-import gzip
-import hashlib
 import io
-import mmap
 import os
-import queue
-import sys
 import threading
-import weakref
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -57,8 +52,13 @@ import numpy as np
 
 from monai_lessmore.io.orientation import apply_axial_orientation, axial_orientation, source_slice_index
 from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
-from monai_lessmore.utils.cpus import available_cpus
-from monai_lessmore.utils.files import known_file_digest, remember_file_digest
+from monai_lessmore.utils.gzstream import (
+    InflatingThread,
+    anonymous_buffer,
+    open_gzip,
+    populate_in_background,
+    stream_gzip_default,
+)
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -90,177 +90,26 @@ _INFLATE_ERRORS = (OSError, EOFError, zlib.error) + _gzip_errors()
 _READ_BLOCK = 1 << 22
 
 
-def stream_gzip_default(cpus: int | None = None) -> bool:
-    """Whether ``load_nifti(..., lazy=True)`` inflates a ``.nii.gz`` in a background thread by default: when the
-    process may run on two CPUs or more (``cpus``: the CPUs it may use; default:
-    :func:`~monai_lessmore.utils.cpus.available_cpus`, its affinity and cgroup quota), unless the
-    environment variable ``LESSMORE_STREAM_GZIP`` says otherwise (``0`` or ``1``). On one CPU the threads only
-    take turns: 8 volumes of 512x512x300 took 1.10x a bare nibabel load streamed and 1.03x read first (measured
-    with ``taskset -c 0``), against 0.73x and 1.01x on two CPUs."""
-    env = os.environ.get("LESSMORE_STREAM_GZIP", "").strip().lower()
-    if env in ("0", "false", "no", "off"):
-        return False
-    if env in ("1", "true", "yes", "on"):
-        return True
-    return (available_cpus() if cpus is None else int(cpus)) >= 2
-
-
 #: ``load_nifti(..., lazy=True)`` of a ``.nii.gz`` inflates in a background thread while the caller renders the
-#: slices already read; False: read everything first, as the eager path does (see :func:`stream_gzip_default`;
-#: a worker of ``lessmore reduce --workers N`` with fewer than two CPUs of its own sets it False). The voxels are
-#: the same either way.
+#: slices already read; False: read everything first, as the eager path does (see
+#: :func:`~monai_lessmore.utils.gzstream.stream_gzip_default`; a worker of ``lessmore reduce --workers N`` with
+#: fewer than two CPUs of its own sets it False). The voxels are the same either way.
 STREAM_GZIP = stream_gzip_default()
-#: bytes inflated per step by the reading thread of :func:`load_nifti` (``lazy=True``): small enough that the slices
-#: already there are rendered while the rest is read
-_PIPELINE_BLOCK = 1 << 20
-#: chunks (512 KiB each with ISA-L) read but not hashed yet, at most: the reading thread waits beyond that
-_HASH_QUEUE = 32
-
-
-def open_gzip(path: str) -> Any:
-    """A binary reader of the gzip file ``path``: ISA-L's ``igzip`` (about twice zlib's speed, the same bytes)
-    when the ``isal`` package is installed, else the standard library's :func:`gzip.open`."""
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip.open(path, "rb")
-    return igzip.open(path, "rb")
-
-
-class _HashingReader(io.RawIOBase):
-    """A binary file that passes on the bytes of ``raw`` and hashes them (SHA-256) in the order they are read, in
-    a thread of its own: the thread that inflates them does only that (hashing 154 MiB takes 0.13 s, a fifth of
-    inflating it, measured). At most ``_HASH_QUEUE`` chunks of the decompressor's reads wait to be hashed."""
-
-    def __init__(self, raw: Any) -> None:
-        super().__init__()
-        self._raw, self._sha = raw, hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_HASH_QUEUE)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._hash, name="lessmore-sha256", daemon=True)
-        self._thread.start()
-
-    def _hash(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self._error is None:  # after a failure, keep taking chunks: the reader must never wait on a full queue
-                try:
-                    self._sha.update(chunk)  # hashlib releases the GIL for chunks of more than 2 KiB
-                except BaseException as err:  # noqa: BLE001 - reported by hexdigest()
-                    self._error = err
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        with memoryview(b) as view:
-            chunk = self._raw.read(len(view))
-            got = len(chunk)
-            view[:got] = chunk
-        if got:
-            self._queue.put(chunk)
-        return got
-
-    def hexdigest(self) -> str:
-        """The SHA-256 of every byte read (once the hashing thread has caught up)."""
-        self.stop()
-        if self._error is not None:
-            raise RuntimeError(f"hashing the file failed: {self._error!r}") from self._error
-        return self._sha.hexdigest()
-
-    def stop(self) -> None:
-        """Let the hashing thread finish what is queued and end; idempotent."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
 
 
 def _voxel_buffer(nbytes: int) -> np.ndarray:
-    """An uninitialised ``uint8`` buffer of ``nbytes`` in private anonymous memory of ordinary pages.
-
-    numpy asks the kernel for transparent huge pages for arrays of 4 MiB and more (``madvise``); where the
-    kernel's huge-page defrag setting is ``madvise`` (a common default), the first touch of such memory may stall
-    on compaction: measured here as 0.6-0.9 s of system time, in one run of four, for a 300 MiB buffer filled by
-    the reading thread. Ordinary pages cost about the same to fill and never stall that way.
-    """
-    if nbytes <= 0 or not hasattr(mmap, "MAP_PRIVATE"):  # Windows has no such flags (nor that numpy advice)
-        return np.empty(max(0, nbytes), dtype=np.uint8)
-    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=np.uint8)
-
-
-def _open_gzip_stream(fileobj: Any) -> Any:
-    """:func:`open_gzip` of an open binary file."""
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip.GzipFile(fileobj=fileobj, mode="rb")
-    return igzip.IGzipFile(fileobj=fileobj, mode="rb")
+    """An uninitialised ``uint8`` array of ``nbytes`` in anonymous memory of ordinary pages
+    (:func:`~monai_lessmore.utils.gzstream.anonymous_buffer`: no huge-page stalls)."""
+    return np.frombuffer(anonymous_buffer(nbytes), dtype=np.uint8)
 
 
 class _StreamedVoxels:
-    """The stored voxel bytes of a ``.nii.gz`` file, inflated by a background thread into one preallocated buffer
-    while the caller already works on the bytes that have arrived (ISA-L and zlib release the GIL while they
-    inflate, so reading and rendering overlap on two cores).
+    """The stored voxel bytes of a ``.nii.gz`` file that an :class:`~monai_lessmore.utils.gzstream.InflatingThread`
+    is still writing into ``buf``: :meth:`ready` blocks until a view of ``buf`` has arrived, and raises
+    :class:`VolumeReadError` naming the file when the file ends or is corrupt before that."""
 
-    :meth:`ready` blocks until a view of the buffer has been filled, and raises :class:`VolumeReadError` naming the
-    file when the file ends or is corrupt before that. The thread holds the buffer only weakly between its blocks:
-    it stops at its next block once nothing else holds the voxels (a caller that gave up half-way) or after
-    :meth:`close`, and ends by itself at the last byte; it never waits on the caller.
-    """
-
-    def __init__(self, name: str, path: str, offset: int, buf: np.ndarray) -> None:
-        self._start, self._nbytes = int(buf.ctypes.data), int(buf.nbytes)
-        self._filled = 0
-        self._error: BaseException | None = None
-        self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._name, self._path = name, path  # the file nibabel opened; the path the caller gave (for messages)
-        self._thread = threading.Thread(target=self._fill, args=(int(offset), weakref.ref(buf)),
-                                        name=f"lessmore-read {os.path.basename(path)}", daemon=True)
-        self._thread.start()
-
-    def _fill(self, offset: int, buf_ref: Any) -> None:
-        nbytes = self._nbytes
-        try:
-            hashed = None
-            with open(self._name, "rb") as raw:
-                st = os.fstat(raw.fileno())
-                if known_file_digest(self._name, st) is None:  # e.g. a cache lookup has just taken it
-                    hashed = _HashingReader(raw)
-                with _open_gzip_stream(raw if hashed is None else hashed) as fh:
-                    skip = offset  # the header: read past it (the hashing stream does not seek)
-                    while skip:
-                        got = len(fh.read(min(skip, _PIPELINE_BLOCK)))
-                        if not got:
-                            raise EOFError(f"the file ends inside its header ({offset - skip} of {offset} bytes)")
-                        skip -= got
-                    done = 0
-                    while done < nbytes and not self._stop.is_set():
-                        buf = buf_ref()
-                        if buf is None:  # nothing reads these voxels any more
-                            break
-                        with memoryview(buf) as view:
-                            got = fh.readinto(view[done : min(nbytes, done + _PIPELINE_BLOCK)])
-                        del buf
-                        if not got:
-                            raise EOFError(f"the file ends after {done} of {nbytes} voxel bytes")
-                        done += got
-                        with self._cond:
-                            self._filled = done
-                            self._cond.notify_all()
-                    # the input's SHA-256 from the bytes read, not from a second read of the file
-                    if done == nbytes and hashed is not None:
-                        while hashed.read(_PIPELINE_BLOCK):
-                            pass
-                        remember_file_digest(self._name, hashed.hexdigest(), st)
-        except BaseException as err:  # noqa: BLE001 - raised in the reading thread by ready()
-            with self._cond:
-                self._error = err
-        finally:
-            if hashed is not None:
-                hashed.stop()
-            with self._cond:
-                self._stop.set()
-                self._cond.notify_all()
+    def __init__(self, path: str, buf: np.ndarray, thread: InflatingThread) -> None:
+        self._start, self._path, self._thread = int(buf.ctypes.data), path, thread
 
     def ready(self, view: np.ndarray) -> None:
         """Return once every byte of ``view`` (a view of the buffer) has been read."""
@@ -269,75 +118,29 @@ class _StreamedVoxels:
         # one past the view's highest byte (its strides may be negative), relative to the buffer's start
         end = int(view.ctypes.data) + view.itemsize - self._start
         end += sum((n - 1) * st for n, st in zip(view.shape, view.strides) if st > 0)
-        with self._cond:
-            while self._filled < end and not self._stop.is_set():
-                self._cond.wait()
-            filled, error = self._filled, self._error
-        if filled < end:
-            err = error or RuntimeError("the read was stopped")
-            if error is None:
-                fix = "the volume was closed before these voxels were read"
-            elif isinstance(err, _INFLATE_ERRORS):
-                fix = "the file is truncated or corrupt: re-download or re-export it"
-            elif isinstance(err, MemoryError):
-                fix = "out of memory: free memory or read fewer volumes at once"
-            else:  # not the file's fault: a bug
-                fix = "the file itself may be fine: please report this error with the file's header (nib-ls)"
-            raise VolumeReadError(
-                f"{self._path}: the voxel data could not be read ({type(err).__name__}: {err}); {fix}"
-            ) from err
+        ok, error = self._thread.wait_for(end)
+        if ok:
+            return
+        err = error or RuntimeError("the read was stopped")
+        if error is None:
+            fix = "the volume was closed before these voxels were read"
+        elif isinstance(err, _INFLATE_ERRORS):
+            fix = "the file is truncated or corrupt: re-download or re-export it"
+        elif isinstance(err, MemoryError):
+            fix = "out of memory: free memory or read fewer volumes at once"
+        else:  # not the file's fault: a bug
+            fix = "the file itself may be fine: please report this error with the file's header (nib-ls)"
+        raise VolumeReadError(
+            f"{self._path}: the voxel data could not be read ({type(err).__name__}: {err}); {fix}"
+        ) from err
 
     def close(self) -> None:
         """Stop the thread at its next block and wait for it."""
-        self._stop.set()
-        self._thread.join()
+        self._thread.close()
 
     def join(self) -> None:
         """Wait for the thread to end by itself (at the file's last byte, or at an error)."""
         self._thread.join()
-
-
-#: Linux's ``MADV_POPULATE_WRITE`` (5.14 and later): map the pages of a range writable, as a write to each would,
-#: without touching their contents
-_MADV_POPULATE_WRITE = 23
-#: bytes populated per ``madvise`` call by :func:`_populate_in_background`
-_POPULATE_STEP = 16 << 20
-
-
-def _populate(buf: np.ndarray, start: int, stop: int) -> bool:
-    """Map the pages of ``buf[start:stop]`` (``MADV_POPULATE_WRITE``; contents unchanged, also while another thread
-    writes there); False where the system cannot (not Linux, an older kernel), and nothing is done."""
-    if not sys.platform.startswith("linux") or stop <= start:
-        return False
-    page = mmap.PAGESIZE
-    first = (int(buf.ctypes.data) + start) // page * page
-    last = int(buf.ctypes.data) + stop
-    # ctypes releases the GIL for the call
-    return _madvise()(first, last - first, _MADV_POPULATE_WRITE) == 0
-
-
-@functools.lru_cache(maxsize=1)
-def _madvise() -> Any:
-    import ctypes
-
-    fn = ctypes.CDLL(None, use_errno=True).madvise
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _populate_in_background(buf: np.ndarray) -> None:
-    """Map the pages of ``buf`` from its start in a thread of its own, ahead of the thread that inflates into it:
-    a fresh page costs a fault and zeroing wherever it is first written; here that work leaves the critical path
-    (measured, 300 MiB: inflating 0.61 s into mapped pages against 0.72-0.76 s into fresh ones; mapping them
-    0.08 s). The thread holds ``buf`` until it ends, so the memory is never unmapped under it."""
-
-    def run() -> None:
-        for start in range(0, buf.nbytes, _POPULATE_STEP):
-            if not _populate(buf, start, min(buf.nbytes, start + _POPULATE_STEP)):
-                return
-
-    threading.Thread(target=run, name="lessmore-populate", daemon=True).start()
 
 
 def _stream_stored(img: Any, path: str) -> tuple[np.ndarray, _StreamedVoxels] | None:
@@ -349,10 +152,12 @@ def _stream_stored(img: Any, path: str) -> tuple[np.ndarray, _StreamedVoxels] | 
         return None
     dtype = np.dtype(proxy.dtype)
     shape = tuple(int(n) for n in proxy.shape)
-    buf = _voxel_buffer(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-    _populate_in_background(buf)
-    stream = _StreamedVoxels(name, path, int(proxy.offset), buf)
-    return buf.view(dtype).reshape(shape, order=proxy.order), stream
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = anonymous_buffer(nbytes)
+    populate_in_background(raw)
+    thread = InflatingThread(name, int(proxy.offset), raw)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    return buf.view(dtype).reshape(shape, order=proxy.order), _StreamedVoxels(path, buf, thread)
 
 
 def _read_stored(img: Any, path: str) -> np.ndarray:
@@ -422,10 +227,52 @@ def nifti_volume_name(path: str | os.PathLike) -> str:
     return name
 
 
+#: most header bytes (header and extensions, up to the voxels) :func:`_gz_header_image` reads itself; a header
+#: that claims more is left to nibabel
+_MAX_HEADER_BYTES = 1 << 24
+
+
+def _gz_header_image(path: str) -> Any | None:
+    """The nibabel image of a single-file ``.nii.gz`` (its array proxy reads ``path`` afresh), its header read
+    through :func:`open_gzip`; ``None`` when the file is not plainly that (nibabel then reads it, and words any
+    error).
+
+    ``nib.load`` opens a ``.gz`` twice (once to tell the format, once for the header), and with ``indexed_gzip``
+    installed each first read inflates a whole buffer: 45 ms per file, measured, against 0.3 ms here. The image is
+    built as nibabel's ``from_file_map`` builds it (header class, array proxy of the file, best affine).
+    """
+    try:
+        with open_gzip(path) as fh:
+            head = fh.read(540)
+            if len(head) < 348:
+                return None
+            for endian in "<>":
+                size = int(np.frombuffer(head, f"{endian}i4", 1)[0])
+                if size == 348 and head[344:348] == b"n+1\0":
+                    klass, offset = nib.Nifti1Image, float(np.frombuffer(head, f"{endian}f4", 1, 108)[0])
+                    break
+                if size == 540 and len(head) == 540 and head[4:8] == b"n+2\0":
+                    klass, offset = nib.Nifti2Image, float(np.frombuffer(head, f"{endian}i8", 1, 168)[0])
+                    break
+            else:
+                return None
+            if not size + 4 <= offset <= _MAX_HEADER_BYTES:
+                return None  # no room for the extension flag (e.g. vox_offset 0): nibabel's call
+            if offset > len(head):
+                head += fh.read(int(offset) - len(head))
+        header = klass.header_class.from_fileobj(io.BytesIO(head))
+        proxy = nib.arrayproxy.ArrayProxy(path, header.copy(), keep_file_open=False)
+        return klass(proxy, header.get_best_affine(), header, file_map=klass.filespec_to_file_map(path))
+    except Exception:  # noqa: BLE001 - nibabel reads it instead, and raises what it raises
+        return None
+
+
 def _open(path: str, keep_file_open: bool = False) -> tuple[Any, tuple[int, ...]]:
     """Load the header and check the shape; returns the image and the index of extra (size-1) dimensions."""
     try:
-        img = nib.load(path, keep_file_open=keep_file_open)
+        img = None if keep_file_open or not path.lower().endswith(".gz") else _gz_header_image(path)
+        if img is None:
+            img = nib.load(path, keep_file_open=keep_file_open)
     except _READ_ERRORS as err:
         raise VolumeReadError(
             f"{path}: not a readable NIfTI file ({type(err).__name__}: {err}); check that the file is complete and "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import sys
 import threading
 
 import nibabel as nib
@@ -309,8 +308,9 @@ def small_blocks(monkeypatch):
     """Blocks of a few hundred bytes, so that the volumes below arrive in many pieces while they are rendered."""
     import monai_lessmore.io.nifti as nifti
     import monai_lessmore.reduction.preprocess as preprocess
+    from monai_lessmore.utils import gzstream
 
-    monkeypatch.setattr(nifti, "_PIPELINE_BLOCK", 333)
+    monkeypatch.setattr(gzstream, "PIPELINE_BLOCK", 333)
     monkeypatch.setattr(preprocess, "_PIPELINE_BYTES", 700)
     monkeypatch.setattr(nifti, "STREAM_GZIP", True)  # whatever this machine's CPUs and environment
 
@@ -362,8 +362,7 @@ def test_the_digest_of_a_streamed_file_comes_from_the_bytes_read(tmp_path, rng, 
 
 def test_a_streamed_file_whose_digest_is_known_is_not_hashed_again(tmp_path, rng, monkeypatch, small_blocks):
     """After a cache lookup took the digest (the dataset filter), the reading thread only inflates."""
-    import monai_lessmore.io.nifti as nifti
-    from monai_lessmore.utils import files
+    from monai_lessmore.utils import files, gzstream
 
     data = random_volume(rng, (40, 30, 20)).astype(np.int16)
     path = write_nifti(tmp_path / "v.nii.gz", data)
@@ -372,7 +371,7 @@ def test_a_streamed_file_whose_digest_is_known_is_not_hashed_again(tmp_path, rng
     def no_hashing(raw):
         raise AssertionError("hashed a second time")
 
-    monkeypatch.setattr(nifti, "_HashingReader", no_hashing)
+    monkeypatch.setattr(gzstream, "HashingReader", no_hashing)
     vol = load_nifti(path, lazy=True)
     assert vol.streamed
     np.testing.assert_array_equal(vol.array, load_nifti(path).array)
@@ -403,14 +402,14 @@ def test_a_damaged_gzip_read_in_a_thread_names_the_file_and_leaves_no_thread(tmp
 
 
 def test_a_failure_that_is_not_the_file_s_does_not_blame_it(tmp_path, rng, small_blocks, monkeypatch):
-    import monai_lessmore.io.nifti as nifti
+    from monai_lessmore.utils import gzstream
 
     path = write_nifti(tmp_path / "good.nii.gz", random_volume(rng, (32, 32, 8)).astype(np.int16))
 
     def broken(fileobj):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(nifti, "_open_gzip_stream", broken)
+    monkeypatch.setattr(gzstream, "open_gzip_stream", broken)
     with pytest.raises(VolumeReadError, match=r"good\.nii\.gz: .*TypeError: a bug.*may be fine") as info:
         load_nifti(path, lazy=True).array
     assert "re-download" not in str(info.value)
@@ -422,9 +421,10 @@ def test_a_streamed_volume_given_up_half_way_stops_its_thread(tmp_path, rng, mon
     import gc
 
     import monai_lessmore.io.nifti as nifti
+    from monai_lessmore.utils import gzstream
 
     monkeypatch.setattr(nifti, "STREAM_GZIP", True)
-    monkeypatch.setattr(nifti, "_PIPELINE_BLOCK", 64)
+    monkeypatch.setattr(gzstream, "PIPELINE_BLOCK", 64)
     path = write_nifti(tmp_path / "v.nii.gz", random_volume(rng, (64, 64, 64)).astype(np.int16))
     vol = load_nifti(path, lazy=True)
     vol.slices().chunk(0, 1)  # the first slice has arrived
@@ -453,52 +453,6 @@ def test_a_gz_is_inflated_in_a_thread_by_default_only_with_two_cpus(monkeypatch)
     assert stream_gzip_default(cpus=1)
     monkeypatch.setenv("LESSMORE_STREAM_GZIP", "0")
     assert not stream_gzip_default(cpus=16)
-
-
-def test_mapping_the_pages_ahead_keeps_what_was_written():
-    """The pages are mapped while the reading thread writes into them: the advice must never change contents."""
-    from monai_lessmore.io.nifti import _populate, _voxel_buffer
-
-    buf = _voxel_buffer(5 * 4096 + 123)
-    buf[: 3 * 4096 + 7] = np.arange(3 * 4096 + 7) % 251  # part written, part never touched
-    ok = _populate(buf, 1000, buf.nbytes)
-    release = tuple(int(x) for x in os.uname().release.split(".")[:2] if x.isdigit()) if hasattr(os, "uname") else ()
-    if sys.platform.startswith("linux") and len(release) == 2 and release >= (5, 14):
-        assert ok  # the advice exists there: a wrong constant or address would make it fail
-    np.testing.assert_array_equal(buf[: 3 * 4096 + 7], np.arange(3 * 4096 + 7) % 251)
-    assert _populate(buf, 10, 10) is False  # an empty range: nothing to do
-
-
-def test_the_hashing_thread_hashes_in_order_and_a_failure_never_blocks_the_reader():
-    import hashlib
-    import io
-
-    from monai_lessmore.io import nifti
-
-    data = bytes(range(256)) * 5000
-    reader = nifti._HashingReader(io.BytesIO(data))
-    while reader.read(777):
-        pass
-    assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
-
-    class Failing:
-        def update(self, chunk):
-            raise MemoryError("no memory")
-
-    reader = nifti._HashingReader(io.BytesIO(data))
-    reader._sha = Failing()
-
-    def read_all():
-        while reader.read(100):  # far more chunks than the queue holds: the reader must go on
-            pass
-
-    worker = threading.Thread(target=read_all, daemon=True)
-    worker.start()
-    worker.join(timeout=30)
-    assert not worker.is_alive(), "the reader waits on the failed hashing thread"
-    with pytest.raises(RuntimeError, match="hashing the file failed"):
-        reader.hexdigest()
-    assert not reader._thread.is_alive()
 
 
 def test_reducing_a_streamed_file_hashes_it_once_and_records_that_digest(tmp_path, rng, monkeypatch, small_blocks):
