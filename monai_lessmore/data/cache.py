@@ -95,7 +95,7 @@ class ReductionCache:
         index = self.cache_dir / "stat" / f"{hashlib.sha256(resolved).hexdigest()[:32]}.stat"
         entry = _read_index(index)
         if entry is not None and entry["path"] == os.fsdecode(resolved) and entry["files"] == before:
-            if len(stats) == 1 and known_file_digest(p, stats[0]) is None:  # so that a reader need not hash it
+            if len(stats) == 1 and p.is_file() and known_file_digest(p, stats[0]) is None:  # a reader need not hash it
                 remember_file_digest(p, entry["digest"], stats[0])
             return entry["digest"]
         digest = content_digest(source, fresh=True)  # from bytes read after `started`, not remembered ones
@@ -111,7 +111,9 @@ class ReductionCache:
 
     def get(self, source: str | os.PathLike, params: dict[str, Any], digest: str | None = None) -> dict | None:
         """The cached record for ``source`` under ``params``, or ``None``. A corrupt entry counts as a miss.
-        Without ``digest`` it is taken by :meth:`digest` (which may add to the stat index)."""
+
+        Without ``digest`` it is taken by :meth:`digest` (which may add to the stat index).
+        """
         digest = digest or self.digest(source)
         path = self.entry_path(digest, params)
         try:

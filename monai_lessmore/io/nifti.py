@@ -26,7 +26,7 @@ remember_file_digest`, so that ``lessmore reduce`` records the digest of the byt
 file a second time); see :mod:`monai_lessmore.utils.gzstream`. ``LESSMORE_STREAM_GZIP=0`` reads everything
 first; the voxels are the same either way. The header of a ``.nii.gz`` is read through ISA-L too
 (:func:`_gz_header_image`): ``nib.load`` opens the file twice, and with ``indexed_gzip`` installed each first read
-inflates a whole buffer (45 ms per file, measured, against about 1 ms).
+inflates a whole buffer (about 50 ms per file, measured, against about 1 ms).
 
 ``meta`` keys: ``spacing`` (mm along ``(S, H, W)``), ``affine`` (RAS affine of the returned array),
 ``original_affine``, ``orientation`` (stored axis codes, e.g. ``("R", "A", "S")``), ``slice_axis`` (stored axis
@@ -124,6 +124,8 @@ class _StreamedVoxels:
         err = error or RuntimeError("the read was stopped")
         if error is None:
             fix = "the volume was closed before these voxels were read"
+        elif isinstance(err, (FileNotFoundError, PermissionError)):
+            fix = "the file was removed or made unreadable while it was read: check it and run again"
         elif isinstance(err, _INFLATE_ERRORS):
             fix = "the file is truncated or corrupt: re-download or re-export it"
         elif isinstance(err, MemoryError):
@@ -238,7 +240,7 @@ def _gz_header_image(path: str) -> Any | None:
     error).
 
     ``nib.load`` opens a ``.gz`` twice (once to tell the format, once for the header), and with ``indexed_gzip``
-    installed each first read inflates a whole buffer: 45 ms per file, measured, against 0.3 ms here. The image is
+    installed each first read inflates a whole buffer: 45-52 ms per file, measured, against 1.3 ms here. The image is
     built as nibabel's ``from_file_map`` builds it (header class, array proxy of the file, best affine).
     """
     try:

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 __all__ = ["available_cpus", "cgroup_cpu_limit"]
 
 
 def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as fh:
+    try:  # mount points are bytes (other than the octal escapes of _unescape): keep them as they are
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             return fh.read().strip()
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, ValueError):
         return None
+
+
+def _unescape(field: str) -> str:
+    """A ``mountinfo`` path with the kernel's octal escapes (space, tab, newline, backslash) undone."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _quota(quota_text: str | None, period_text: str | None) -> float | None:
@@ -49,7 +55,7 @@ def _cpu_mounts(mountinfo: str) -> dict[bool, tuple[str, str]]:
         fields, tail = left.split(), right.split()
         if not sep or len(fields) < 5 or len(tail) < 3:
             continue
-        root, point = (f.replace("\\040", " ") for f in fields[3:5])
+        root, point = (_unescape(f) for f in fields[3:5])
         if tail[0] == "cgroup2":
             mounts.setdefault(True, (root, point))
         elif tail[0] == "cgroup" and "cpu" in tail[2].split(","):
@@ -86,7 +92,9 @@ def cgroup_cpu_limit(
         # mount's root (the host's path, seen from a container without its own cgroup namespace) is the mount itself
         root = root.rstrip("/")
         rel = group[len(root):] if group == root or group.startswith(root + "/") else ""
-        parts = [p for p in rel.split("/") if p and p != ".."]
+        parts = [p for p in rel.split("/") if p]
+        if ".." in parts:  # a group outside this process's cgroup namespace (written "/.."): not under the mount
+            parts = []
         for depth in range(len(parts), -1, -1):  # the group, then each group above it, up to the mount
             limit = _group_limit(os.path.join(point, *parts[:depth]), v2)
             if limit is not None:

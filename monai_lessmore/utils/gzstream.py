@@ -126,17 +126,27 @@ class HashingReader(io.RawIOBase):
             self._thread.join()
 
 
+class _EmptyBuffer(bytearray):
+    """A zero-length buffer that can be weakly referenced (a plain ``bytearray`` cannot; an ``mmap`` cannot be
+    empty), as :class:`InflatingThread` holds its buffer."""
+
+
 def anonymous_buffer(nbytes: int) -> Any:
-    """An uninitialised writable buffer of ``nbytes``: private anonymous memory of ordinary pages (an ``mmap``).
+    """An uninitialised writable buffer of ``nbytes``: anonymous memory of ordinary pages (an ``mmap``).
 
     numpy asks the kernel for transparent huge pages for arrays of 4 MiB and more (``madvise``); where the
     kernel's huge-page defrag setting is ``madvise`` (a common default), the first touch of such memory may stall
     on compaction: measured here as 0.6-0.9 s of system time, in one run of four, for a 300 MiB buffer filled by
-    the reading thread. Ordinary pages cost about the same to fill and never stall that way. Windows has no such
-    flags (nor that numpy advice): a ``bytearray`` there.
+    the reading thread. Ordinary pages cost about the same to fill and never stall that way. Private mappings
+    where the system has them (POSIX), an anonymous mapping of the paging file on Windows.
+
+    Args:
+        nbytes: the size; 0 or less gives an empty buffer.
     """
-    if nbytes <= 0 or not hasattr(mmap, "MAP_PRIVATE"):
-        return bytearray(max(0, nbytes))
+    if nbytes <= 0:
+        return _EmptyBuffer()
+    if not hasattr(mmap, "MAP_PRIVATE"):  # Windows
+        return mmap.mmap(-1, nbytes)
     return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
@@ -193,6 +203,11 @@ class InflatingThread:
     """A thread that inflates the gzip file ``path`` into ``buf``, from byte ``skip`` of its content on (the bytes
     before are read and dropped), while the caller works on the bytes that have arrived.
 
+    Args:
+        path: the gzip file.
+        skip: bytes of the inflated content before the first byte of ``buf`` (a NIfTI header and extensions).
+        buf: a writable buffer that can be weakly referenced (:func:`anonymous_buffer`), filled from its start.
+
     After the last byte of ``buf`` it reads the rest of the file and, unless this process already knew it,
     remembers the file's SHA-256, hashed from the compressed bytes as they were read
     (:func:`~monai_lessmore.utils.files.remember_file_digest`). It holds ``buf`` only weakly between its blocks:
@@ -229,9 +244,11 @@ class InflatingThread:
                         buf = buf_ref()
                         if buf is None:  # nothing reads these bytes any more
                             break
-                        with memoryview(buf) as view:
-                            got = fh.readinto(view[done : min(nbytes, done + PIPELINE_BLOCK)])
-                        del buf
+                        try:
+                            with memoryview(buf) as view:
+                                got = fh.readinto(view[done : min(nbytes, done + PIPELINE_BLOCK)])
+                        finally:  # also on an error: its traceback must not keep the buffer alive
+                            del buf
                         if not got:
                             raise EOFError(f"the file ends after {done} of {nbytes} voxel bytes")
                         done += got

@@ -64,7 +64,7 @@ def test_a_file_rewritten_with_the_same_size_and_time_is_read_again(tmp_path, vo
     old = cache.digest(volume)
     st = os.stat(volume)
     data = bytearray(volume.read_bytes())
-    data[-5] ^= 0xFF  # in the gzip trailer's size field: same length, other bytes
+    data[-5] ^= 0xFF  # in the gzip trailer's CRC-32: same length, other bytes
     with open(volume, "r+b") as fh:  # in place: the same inode
         fh.write(bytes(data))
     os.utime(volume, ns=(st.st_atime_ns, st.st_mtime_ns))  # and its time set back, as rsync -t would
@@ -91,7 +91,9 @@ def test_an_index_hit_is_remembered_so_the_reader_need_not_hash(tmp_path, volume
 
     ReductionCache(tmp_path / "cache").digest(volume)
     monkeypatch.setattr(files, "_memo", {})  # a new process
-    ReductionCache(tmp_path / "cache").digest(volume)
+    with monkeypatch.context() as m:
+        _no_reads(m)  # a hit
+        ReductionCache(tmp_path / "cache").digest(volume)
     assert files.known_file_digest(volume, os.stat(volume)) == file_hash(volume)
 
 
@@ -175,3 +177,21 @@ def test_unwritable_index_still_gives_the_digest(tmp_path, volume, settled):
 def test_missing_volume_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.nii.gz"):
         ReductionCache(tmp_path / "cache").digest(tmp_path / "nothing.nii.gz")
+
+
+@pytest.mark.parametrize("change", ["rewrite", "delete"])
+def test_a_volume_changed_while_it_was_read_is_not_indexed(tmp_path, volume, settled, monkeypatch, change):
+    real = cache_mod.content_digest
+
+    def read_then_change(source, **kwargs):
+        digest = real(source, **kwargs)
+        if change == "rewrite":
+            volume.write_bytes(volume.read_bytes() + b"more")
+        else:
+            volume.unlink()
+        return digest
+
+    monkeypatch.setattr(cache_mod, "content_digest", read_then_change)
+    original = file_hash(volume)
+    assert ReductionCache(tmp_path / "cache").digest(volume) == original  # the digest of the bytes read
+    assert _entries(tmp_path / "cache") == []

@@ -481,3 +481,60 @@ def test_stream_gzip_setting_reads_common_spellings(monkeypatch):
     for on in ("1", "true", "YES"):
         monkeypatch.setenv("LESSMORE_STREAM_GZIP", on)
         assert stream_gzip_default(cpus=1)
+
+
+# ---------------------------------------------------------------- the .nii.gz header read through ISA-L
+def _header_variant(tmp_path, rng, kind: str):
+    data = random_volume(rng, (12, 10, 6)).astype(np.int16)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-40.0, 12.0, 100.0]
+    if kind == "nifti2":
+        img = nib.Nifti2Image(data, affine)
+    else:
+        header = nib.Nifti1Header(endianness=">") if kind == "big_endian" else None
+        img = nib.Nifti1Image(data.astype(">i2") if kind == "big_endian" else data, affine, header)
+    if kind == "extensions":  # two extensions: the voxels start well past 540 bytes
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment" * 40))
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(4, b"\x01" * 100))
+    if kind == "scaled":
+        img.header.set_slope_inter(0.5, -1024.0)
+    path = tmp_path / f"{kind}.nii.gz"
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nifti1", "nifti2", "big_endian", "extensions", "scaled"])
+def test_the_header_read_through_isal_is_nibabel_s(tmp_path, rng, kind):
+    from monai_lessmore.io.nifti import _gz_header_image
+
+    path = _header_variant(tmp_path, rng, kind)
+    ours, theirs = _gz_header_image(str(path)), nib.load(str(path))
+    assert ours is not None and type(ours) is type(theirs)
+    assert ours.header.binaryblock == theirs.header.binaryblock
+    assert [(e.get_code(), e.get_content()) for e in ours.header.extensions] == [
+        (e.get_code(), e.get_content()) for e in theirs.header.extensions]
+    np.testing.assert_array_equal(ours.affine, theirs.affine)
+    assert ours.shape == theirs.shape and ours.get_data_dtype() == theirs.get_data_dtype()
+    assert (ours.dataobj.offset, ours.dataobj.slope, ours.dataobj.inter, ours.dataobj.order) == (
+        theirs.dataobj.offset, theirs.dataobj.slope, theirs.dataobj.inter, theirs.dataobj.order)
+    assert ours.get_filename() == theirs.get_filename()
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+    if kind == "extensions":
+        assert ours.dataobj.offset > 540
+    np.testing.assert_array_equal(load_nifti(path).array, load_nifti(path, lazy=True).array)
+
+
+@pytest.mark.parametrize("damage", ["ni1_magic", "vox_offset_348", "truncated_header", "not_gzip"])
+def test_odd_headers_are_left_to_nibabel(tmp_path, rng, damage):
+    from monai_lessmore.io.nifti import _gz_header_image
+
+    path = _header_variant(tmp_path, rng, "nifti1")
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    if damage == "ni1_magic":
+        raw[344:348] = b"ni1\0"
+    elif damage == "vox_offset_348":
+        raw[108:112] = np.float32(348).tobytes()
+    elif damage == "truncated_header":
+        raw = raw[:200]
+    path.write_bytes(bytes(raw) if damage == "not_gzip" else gzip.compress(bytes(raw)))
+    assert _gz_header_image(str(path)) is None  # nibabel reads it (or words the error), as before

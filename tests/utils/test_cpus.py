@@ -16,10 +16,10 @@ def _tree(tmp_path, proc: str, mounts: list[tuple[str, str, str, str]], files: d
         f = tmp_path / rel
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text + "\n")
-    lines = [f"{30 + i} 23 0:{40 + i} {root} {tmp_path / point} rw,relatime - {fs} {fs} {opts}"
-             for i, (root, point, fs, opts) in enumerate(mounts)]
+    lines = [f"{30 + i} 23 0:{40 + i} {root} {str(tmp_path / point).replace(' ', chr(92) + '040')} rw,relatime - "
+             f"{fs} {fs} {opts}" for i, (root, point, fs, opts) in enumerate(mounts)]
     lines.insert(0, f"29 23 0:28 / {tmp_path} rw,relatime - tmpfs tmpfs rw,mode=755")
-    (tmp_path / "mountinfo").write_text("\n".join(lines) + "\n")
+    (tmp_path / "mountinfo").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "proc_cgroup").write_text(proc)
     return {"proc_cgroup": tmp_path / "proc_cgroup", "mountinfo": tmp_path / "mountinfo"}
 
@@ -57,8 +57,11 @@ V1 = [("/", "cg/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"), ("/", "cg/memory", "c
         # a hybrid host (v1 controllers plus an empty v2 mount): the v1 cpu controller holds the quota
         ("1:cpu:/\n0::/\n", [("/", "cg/cpu", "cgroup", "rw,cpu"), ("/", "cg/unified", "cgroup2", "rw")],
          {"cg/cpu/cpu.cfs_quota_us": "250000", "cg/cpu/cpu.cfs_period_us": "100000"}, 2.5),
-        # groups outside this cgroup namespace are written with "/.."; they never climb above the mount
-        ("0::/../../x\n", V2, {"cpu.max": "100000 100000", "cg/x/cpu.max": "200000 100000"}, 2.0),
+        # groups outside this cgroup namespace are written with "/..": the mount itself, never above it or a sibling
+        ("0::/../../x\n", V2, {"cpu.max": "100000 100000", "cg/x/cpu.max": "200000 100000", "cg/cpu.max": "3 1"}, 3.0),
+        # mount points with a space (escaped \040 by the kernel) and with non-ASCII names (not escaped)
+        ("0::/\n", [("/", "my cg", "cgroup2", "rw")], {"my cg/cpu.max": "150000 100000"}, 1.5),
+        ("0::/\n", [("/", "Données", "cgroup2", "rw")], {"Données/cpu.max": "250000 100000"}, 2.5),
         # unreadable or odd contents: no limit rather than an error
         ("0::/\n", V2, {"cg/cpu.max": "garbage"}, None),
         ("0::/\n", V2, {"cg/cpu.max": "0 100000"}, None),

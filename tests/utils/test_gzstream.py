@@ -80,12 +80,33 @@ def test_close_stops_the_thread_and_the_wait_says_so_without_an_error(gz, monkey
     assert thread.wait_for(len(buf)) == (False, None)
 
 
-def test_anonymous_buffer_is_writable_memory_of_the_size_asked():
-    buf = anonymous_buffer(3 * 4096 + 5)
-    assert len(buf) == 3 * 4096 + 5
-    buf[:] = b"\x07" * len(buf)
-    assert bytes(buf[:3]) == b"\x07\x07\x07"
-    assert len(anonymous_buffer(0)) == 0
+@pytest.mark.parametrize("private", [True, False])  # False: as on Windows, which has no MAP_PRIVATE
+def test_anonymous_buffer_is_writable_memory_of_the_size_asked(monkeypatch, private):
+    import mmap
+    import weakref
+
+    if not private:
+        monkeypatch.delattr(mmap, "MAP_PRIVATE", raising=False)
+    for n in (3 * 4096 + 5, 0):
+        buf = anonymous_buffer(n)
+        assert len(buf) == n and weakref.ref(buf)() is buf  # the inflating thread holds it weakly
+        buf[:] = b"\x07" * n
+        assert bytes(buf) == b"\x07" * n
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_inflating_into_every_kind_of_buffer(gz, monkeypatch, private):
+    import mmap
+
+    path, data = gz
+    if not private:
+        monkeypatch.delattr(mmap, "MAP_PRIVATE", raising=False)
+    for skip, n in ((0, len(data)), (len(data), 0)):
+        buf = anonymous_buffer(n)
+        thread = InflatingThread(str(path), skip, buf)
+        assert thread.wait_for(n) == (True, None)
+        thread.join()
+        assert bytes(buf) == data[skip:]
 
 
 def test_mapping_the_pages_ahead_keeps_what_was_written():
