@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from monai_lessmore.data.cache import settled, volume_stat
 from monai_lessmore.io.discover import OUTPUT_MARKER, is_output_folder
 from monai_lessmore.io.slice_folder import resolve_slice_volume, validate_order
 from monai_lessmore.reduction.reducer import SliceReducer
@@ -55,6 +56,7 @@ from monai_lessmore.utils.files import (
     atomic_write_text,
     content_digest,
     current_umask,
+    known_file_digest,
     pid_alive,
     remove_stale_temps,
     temp_path,
@@ -189,6 +191,13 @@ def process_volume(
     from monai_lessmore.io import load_volume
 
     reducer = SliceReducer(**reducer_args)
+    started = time.time()
+    try:
+        before = volume_stat(source)
+        if len(before[1]) == 1 and known_file_digest(source, before[1][0]) is not None:
+            before = None  # its digest would come from an earlier read: the record will not vouch for it
+    except OSError:
+        before = None  # the load words it
     with warnings.catch_warnings():
         # the reader's warnings (DICOM position gaps, missing rescale) go to the record and the summary instead
         warnings.simplefilter("ignore", UserWarning)
@@ -196,7 +205,7 @@ def process_volume(
     streamed = getattr(vol, "streamed", False)
     # the digest of what is reduced: taken before the read, or for a .nii.gz read in a thread from the bytes it
     # inflated (no second read), once that thread has ended
-    digest = None if streamed else content_digest(source)
+    digest = None if streamed else content_digest(source, fresh=True)
     result = reducer.reduce(vol.slices(), rendered=vol.is_uint8_rendered)
     if digest is None:
         vol.finish_reading()
@@ -220,10 +229,25 @@ def process_volume(
         "warnings": _volume_warnings(vol, result),
         "seconds": round(result.seconds, 6),
         "resampled_to": None if result.resampled_to is None else list(result.resampled_to),
+        "source_stat": _source_stat(source, before, started),
     }
     if write_record:
         atomic_write_json(out / "records" / f"{name}.json", record)
     return record
+
+
+def _source_stat(source: str, before: Any, started: float) -> list[list[Any]] | None:
+    """The stat of the source's files (:func:`~monai_lessmore.data.cache.volume_stat`) that a resumed run may
+    trust its record's digest by, without reading the volume again: the files were unchanged from before the read
+    to after it, and read long enough after their last change (:func:`~monai_lessmore.data.cache.settled`), as
+    the reduction cache's stat index requires. ``None`` otherwise (a resumed run then reads and hashes it)."""
+    if before is None or not settled(before[1], started):
+        return None
+    try:
+        after = volume_stat(source)[0]
+    except OSError:
+        return None
+    return after if after == before[0] else None
 
 
 # --- executor hook (Dask scale-out) --------------------------------------------------------------------------
@@ -611,8 +635,12 @@ class ReduceJob:
         if self.export != "none" and self.export not in record.get("exports", []):
             return None
         try:
-            if record.get("digest") != content_digest(source):
-                return None
+            # the record's stat of the files, where it vouches for its digest, spares reading them (see _source_stat;
+            # a stat taken on another host, a Dask worker's, has other device numbers and is read)
+            stat = record.get("source_stat")
+            if not (stat and os.name == "posix" and volume_stat(source)[0] == stat):
+                if record.get("digest") != content_digest(source):
+                    return None
         except OSError:
             return None
         return record

@@ -37,7 +37,7 @@ from monai_lessmore.utils.files import (
     volume_files,
 )
 
-__all__ = ["ReductionCache", "params_digest"]
+__all__ = ["ReductionCache", "params_digest", "volume_stat", "settled"]
 
 CACHE_FORMAT = 1
 #: seconds between a volume's last change (its files' change times) and the start of the read that took its
@@ -90,7 +90,7 @@ class ReductionCache:
             return content_digest(source)
         p = Path(source)
         started = _clock()
-        before, stats = _stat_key(p)
+        before, stats = volume_stat(p)
         resolved = os.fsencode(p.resolve())
         index = self.cache_dir / "stat" / f"{hashlib.sha256(resolved).hexdigest()[:32]}.stat"
         entry = _read_index(index)
@@ -100,10 +100,10 @@ class ReductionCache:
             return entry["digest"]
         digest = content_digest(source, fresh=True)  # from bytes read after `started`, not remembered ones
         try:
-            unchanged = _stat_key(p)[0] == before
+            unchanged = volume_stat(p)[0] == before
         except OSError:
             unchanged = False
-        if unchanged and all(started - st.st_ctime_ns / 1e9 >= SETTLED_SECONDS for st in stats):
+        if unchanged and settled(stats, started):
             record = {"path": os.fsdecode(resolved), "files": before, "digest": digest}
             with contextlib.suppress(OSError), atomic_open(index, fsync=False) as fh:
                 fh.write(json.dumps(record).encode("ascii"))
@@ -145,10 +145,22 @@ def _read_index(path: Path) -> dict[str, Any] | None:
     return entry if isinstance(entry.get("digest"), str) and _SHA256.fullmatch(entry["digest"]) else None
 
 
-def _stat_key(path: Path) -> tuple[list[list[Any]], list[os.stat_result]]:
+def settled(stats: list[os.stat_result], started: float) -> bool:
+    """Whether files with these stats, read from wall-clock time ``started`` on, were read at least
+    :data:`SETTLED_SECONDS` after their last change (their change time): then a later write shows in their stat.
+    Never on systems other than POSIX, whose change time is not set by every write."""
+    return os.name == "posix" and all(started - st.st_ctime_ns / 1e9 >= SETTLED_SECONDS for st in stats)
+
+
+def volume_stat(path: str | os.PathLike) -> tuple[list[list[Any]], list[os.stat_result]]:
     """What identifies the content of each file of a volume without reading it (its name under the volume, device,
     inode, size, modification and change times in nanoseconds), and the files' stats. Each is taken with the file
-    open (``fstat``): NFS revalidates a file's attributes when it is opened."""
+    open (``fstat``): NFS revalidates a file's attributes when it is opened.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(path)
     base = path if path.is_dir() else path.parent
     key, stats = [], []
     for f in volume_files(path):

@@ -76,6 +76,64 @@ def test_resume_skips_finished_volumes_and_export_is_added(dataset, tmp_path, mo
     assert (out / "manifest.csv").read_text() == first
 
 
+@pytest.mark.skipif(os.name != "posix", reason="records vouch for their digest by stat on POSIX systems only")
+def test_resume_trusts_a_settled_unchanged_source_by_its_stat(tmp_path, monkeypatch):
+    import shutil
+
+    import monai_lessmore.cli.reduce as job
+    import monai_lessmore.data.cache as cache_mod
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in write_phantom_dataset(tmp_path / "ph", n_volumes=2, slices=(12, 16), size=32):
+        shutil.copy(p, src / p.name)
+    out = tmp_path / "out"
+    monkeypatch.setattr(cache_mod, "SETTLED_SECONDS", float("-inf"))  # the inputs count as long unchanged
+    assert main(["reduce", str(src), "-o", str(out), "--no-progress"]) == 0
+    records = {p.stem: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
+    assert all(r["source_stat"] for r in records.values())
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a resumed volume was read again")
+
+    with monkeypatch.context() as m:
+        m.setattr(job, "content_digest", no_reads)
+        m.setattr(job, "process_volume", no_reads)
+        assert main(["reduce", str(src), "-o", str(out), "--no-progress"]) == 0
+    # a file rewritten in place with the same size and modification time has another change time: read, redone
+    victim = src / "phantom_00.nii.gz"
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0xFF  # the gzip trailer's CRC-32: the volume now fails to read
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if victim.stat().st_ctime_ns == st.st_ctime_ns:
+        pytest.skip("this file system does not keep change times apart from modification times")
+    calls = []
+    real = job.content_digest
+    monkeypatch.setattr(job, "content_digest", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert main(["reduce", str(src), "-o", str(out), "--no-progress"]) == 1  # the corrupt volume fails
+    assert str(victim) in calls
+
+
+def test_resume_reads_a_source_that_had_not_settled(tmp_path, monkeypatch):
+    import monai_lessmore.cli.reduce as job
+    import monai_lessmore.data.cache as cache_mod
+
+    src = write_phantom_dataset(tmp_path / "in", n_volumes=1, slices=(12, 12), size=32)[0]
+    out = tmp_path / "out"
+    monkeypatch.setattr(cache_mod, "SETTLED_SECONDS", 1e9)  # written just now, whatever the machine's speed
+    assert main(["reduce", str(src), "-o", str(out), "--no-progress"]) == 0
+    (record,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert record["source_stat"] is None
+    calls = []
+    real = job.content_digest
+    monkeypatch.setattr(job, "content_digest", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(job, "process_volume", lambda *a, **k: pytest.fail("a finished volume was redone"))
+    assert main(["reduce", str(src), "-o", str(out), "--no-progress"]) == 0
+    assert calls == [str(src)]  # read and hashed to check the record
+
+
 def test_bad_volume_is_reported_and_the_batch_goes_on(dataset, tmp_path, capsys):
     bad_dir = tmp_path / "mixed"
     bad_dir.mkdir()
