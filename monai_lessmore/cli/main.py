@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", choices=("none", "png", "nifti"), default="none", help="also write the kept slices (default: none)")
     p.add_argument("--workers", type=_positive_int, default=None, help="volumes processed in parallel (default 1); with --dask: worker processes of the local cluster")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verify-digests", action="store_true", help="on a re-run, read and hash every finished volume to check its record, instead of trusting an unchanged stat of its files (for file systems that do not keep change times)")
     # --- Dask scale-out and report ---
     g = p.add_argument_group("Dask cluster (one task per volume; records, manifest and summary written here by the client)")
     where = g.add_mutually_exclusive_group()
@@ -201,7 +202,7 @@ def _print_failures(summary: dict[str, Any]) -> None:
 
 def _run_reduce(
     inputs, output, reducer_args, export, workers, order, progress,
-    *, dask=False, scheduler=None, connect_timeout=10.0, report=False,
+    *, dask=False, scheduler=None, connect_timeout=10.0, report=False, verify_digests=False,
 ) -> int:
     from monai_lessmore.cli.reduce import DiskFullError, OutputLocked, ReduceJob
 
@@ -211,7 +212,8 @@ def _run_reduce(
         return 2
     workers = 1 if workers is None else workers
     try:
-        job = ReduceJob(inputs, output, reducer_args, export=export, workers=workers, order=order, progress=progress)
+        job = ReduceJob(inputs, output, reducer_args, export=export, workers=workers, order=order, progress=progress,
+                        verify_digests=verify_digests)
     except ValueError as exc:
         print(f"lessmore reduce: error: {exc}", file=sys.stderr)
         return 2
@@ -388,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_reduce(
             ns.inputs, ns.output, reducer_args, ns.export, ns.workers, ns.order, not ns.no_progress,
             dask=ns.dask, scheduler=ns.scheduler, connect_timeout=ns.connect_timeout, report=ns.report,
+            verify_digests=ns.verify_digests,
         )
     if ns.command == "report":
         return _run_report(

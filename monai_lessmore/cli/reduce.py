@@ -54,9 +54,10 @@ from monai_lessmore.utils.cpus import available_cpus
 from monai_lessmore.utils.files import (
     atomic_write_json,
     atomic_write_text,
+    change_time_reliable,
     content_digest,
     current_umask,
-    known_file_digest,
+    forget_file_digest,
     pid_alive,
     remove_stale_temps,
     temp_path,
@@ -194,10 +195,10 @@ def process_volume(
     started = time.time()
     try:
         before = volume_stat(source)
-        if len(before[1]) == 1 and known_file_digest(source, before[1][0]) is not None:
-            before = None  # its digest would come from an earlier read: the record will not vouch for it
     except OSError:
         before = None  # the load words it
+    if os.path.isfile(source):  # the digest in the record must come from this read (see _source_stat)
+        forget_file_digest(source)
     with warnings.catch_warnings():
         # the reader's warnings (DICOM position gaps, missing rescale) go to the record and the summary instead
         warnings.simplefilter("ignore", UserWarning)
@@ -241,7 +242,7 @@ def _source_stat(source: str, before: Any, started: float) -> list[list[Any]] | 
     trust its record's digest by, without reading the volume again: the files were unchanged from before the read
     to after it, and read long enough after their last change (:func:`~monai_lessmore.data.cache.settled`), as
     the reduction cache's stat index requires. ``None`` otherwise (a resumed run then reads and hashes it)."""
-    if before is None or not settled(before[1], started):
+    if before is None or not settled(before[1], started) or not change_time_reliable(source):
         return None
     try:
         after = volume_stat(source)[0]
@@ -563,6 +564,8 @@ class ReduceJob:
         progress: show a progress bar on stderr.
         executor: runs the volumes (:data:`Executor`); ``None`` = :func:`local_executor` with ``workers``. A
             :class:`~monai_lessmore.cli.dask_backend.DaskExecutor` spreads them over a Dask cluster.
+        verify_digests: on a re-run, read and hash every finished volume to check its record, instead of trusting
+            the stat its record keeps (``source_stat``; for file systems that do not keep change times).
     """
 
     inputs: Sequence[str]
@@ -573,6 +576,7 @@ class ReduceJob:
     order: str = "index"
     progress: bool = True
     executor: Executor | None = None  # executor hook (Dask scale-out)
+    verify_digests: bool = False
 
     def __post_init__(self) -> None:
         if self.export not in EXPORTS:
@@ -636,8 +640,8 @@ class ReduceJob:
             return None
         try:
             # the record's stat of the files, where it vouches for its digest, spares reading them (see _source_stat;
-            # a stat taken on another host, a Dask worker's, has other device numbers and is read)
-            stat = record.get("source_stat")
+            # a stat taken on another host, a Dask worker's, usually differs in its device numbers: then it is read)
+            stat = None if self.verify_digests else record.get("source_stat")
             if not (stat and os.name == "posix" and volume_stat(source)[0] == stat):
                 if record.get("digest") != content_digest(source):
                     return None

@@ -11,10 +11,11 @@ file rewritten in place has another stat, and a copy or a re-extracted dataset h
 A digest enters the index only when the bytes it was taken from were read at least :data:`SETTLED_SECONDS` after
 the files last changed (git's "racy" entries: a write within the timestamp granularity of the previous one would
 not show in the stat). The stat is taken through an open file descriptor, so NFS revalidates it (close-to-open).
-Where these guarantees do not hold there is ``stat_index=False``: Windows (its ``st_ctime`` is the creation time;
-the index is never used there), and FUSE file systems whose change time is only the modification time (sshfs,
-s3fs, rclone, gcsfuse), on which a same-size rewrite with its times restored (``rsync -t --inplace``) would look
-unchanged.
+The index is not used where these guarantees do not hold: on Windows (its ``st_ctime`` is the creation time) and
+for volumes on FUSE mounts whose change time is only the modification time (sshfs, s3fs, rclone, gcsfuse: a
+same-size rewrite with its times restored, ``rsync -t --inplace``, would look unchanged), 9p and VirtualBox
+shares (:func:`~monai_lessmore.utils.files.change_time_reliable`, by the mount table); ``stat_index=False`` turns it
+off for any other such file system.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 from monai_lessmore.utils.files import (
     atomic_open,
     atomic_write_json,
+    change_time_reliable,
     content_digest,
     known_file_digest,
     remember_file_digest,
@@ -86,9 +88,9 @@ class ReductionCache:
         Raises:
             FileNotFoundError: ``source`` does not exist.
         """
-        if not self.stat_index:
-            return content_digest(source)
         p = Path(source)
+        if not self.stat_index or not change_time_reliable(p):
+            return content_digest(source)
         started = _clock()
         before, stats = volume_stat(p)
         resolved = os.fsencode(p.resolve())

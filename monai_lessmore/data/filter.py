@@ -135,8 +135,8 @@ class SliceReductionFilter:
             kept is the one with the most slices (ties: the smallest ``lessmore reduce`` volume name). The
             groups are in :attr:`duplicate_groups`, the dropped sources in :attr:`dropped_duplicates`.
         cache_stat_index: with ``cache_dir``, find a volume seen before, unchanged, by its files' stat instead of
-            reading it (:class:`~monai_lessmore.data.ReductionCache`); ``False`` on file systems whose change time
-            is not kept (sshfs, s3fs and other FUSE mounts).
+            reading it (:class:`~monai_lessmore.data.ReductionCache`; never on Windows, FUSE, 9p or VirtualBox
+            mounts); ``False`` for any other file system whose change time is not set by every write.
         config: reduction settings from a preset name (``"hash6"``, ``"ssim10"`` ...) or a YAML/JSON file
             (:mod:`monai_lessmore.reduction.presets`); ``reducer_args`` override it.
         reducer_args: everything else is passed to :class:`~monai_lessmore.reduction.SliceReducer` (``method``,

@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
+
+from monai_lessmore.utils.files import mount_entries
 
 __all__ = ["available_cpus", "cgroup_cpu_limit"]
 
 
 def _read(path: str) -> str | None:
-    try:  # mount points are bytes (other than the octal escapes of _unescape): keep them as they are
+    try:  # mount points are bytes (other than the kernel's octal escapes): keep them as they are
         with open(path, encoding="utf-8", errors="surrogateescape") as fh:
             return fh.read().strip()
     except (OSError, ValueError):
         return None
-
-
-def _unescape(field: str) -> str:
-    """A ``mountinfo`` path with the kernel's octal escapes (space, tab, newline, backslash) undone."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _quota(quota_text: str | None, period_text: str | None) -> float | None:
@@ -50,15 +46,10 @@ def _group_limit(folder: str, v2: bool) -> float | None:
 def _cpu_mounts(mountinfo: str) -> dict[bool, tuple[str, str]]:
     """``{v2: (mount root, mount point)}`` of the cgroup v2 mount and the v1 mount holding the ``cpu`` controller."""
     mounts: dict[bool, tuple[str, str]] = {}
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or len(tail) < 3:
-            continue
-        root, point = (_unescape(f) for f in fields[3:5])
-        if tail[0] == "cgroup2":
+    for root, point, fstype, options in mount_entries(mountinfo):
+        if fstype == "cgroup2":
             mounts.setdefault(True, (root, point))
-        elif tail[0] == "cgroup" and "cpu" in tail[2].split(","):
+        elif fstype == "cgroup" and "cpu" in options.split(","):
             mounts.setdefault(False, (root, point))
     return mounts
 

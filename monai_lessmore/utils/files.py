@@ -38,6 +38,9 @@ __all__ = [
     "file_hash",
     "remember_file_digest",
     "known_file_digest",
+    "forget_file_digest",
+    "change_time_reliable",
+    "mount_entries",
 ]
 
 _CHUNK = 1 << 20
@@ -302,12 +305,60 @@ def _digest_key(path: Path, st: os.stat_result | None = None) -> tuple[str, int,
     return str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def mount_entries(mountinfo: str) -> list[tuple[str, str, str, str]]:
+    """``(mount root, mount point, file-system type, super options)`` of each line of a ``/proc/<pid>/mountinfo``
+    text, the kernel's octal escapes (space, tab, newline, backslash) undone; odd lines are skipped."""
+    entries = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if sep and len(fields) >= 5 and len(tail) >= 3:
+            root, point = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f) for f in fields[3:5])
+            entries.append((root, point, tail[0], tail[2]))
+    return entries
+
+
+#: file-system types whose change time is not set by every write (FUSE mounts such as sshfs, s3fs, rclone and
+#: gcsfuse report the modification time as it; 9p and VirtualBox shares depend on their host)
+UNRELIABLE_CHANGE_TIME = ("fuse", "9p", "vboxsf")
+
+
+def change_time_reliable(path: str | os.PathLike, *, mountinfo: str | os.PathLike = "/proc/self/mountinfo") -> bool:
+    """Whether every write to ``path`` sets its change time (``st_ctime``) to the current time, as POSIX requires:
+    on POSIX systems, unless ``path`` lies on a mount of :data:`UNRELIABLE_CHANGE_TIME` (by the mount table;
+    without one, as on macOS, it is taken as reliable). Never on Windows, whose ``st_ctime`` is the creation
+    time."""
+    if os.name != "posix":
+        return False
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as fh:
+            mounts = mount_entries(fh.read())
+    except OSError:
+        return True
+    real = os.path.realpath(path)
+    best = None
+    for _, point, fstype, _ in mounts:  # the last of the longest matching mount points is the one in use
+        if real == point or real.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) >= len(best[0]):
+                best = (point, fstype)
+    return best is None or not best[1].startswith(UNRELIABLE_CHANGE_TIME)
+
+
 def remember_file_digest(path: str | os.PathLike, digest: str, st: os.stat_result) -> None:
     """Record ``digest``, the SHA-256 of the file ``path`` computed by a reader from the bytes it read, for
     :func:`content_digest`; ``st`` is the file's ``os.stat`` taken before that read (a file changed since then has
     another key, so it is hashed anew)."""
     with _memo_lock:
         _memo[_digest_key(Path(path), st)] = digest
+
+
+def forget_file_digest(path: str | os.PathLike) -> None:
+    """Forget what this process remembers of the file ``path``'s digest, whatever its stat: the next reader hashes
+    it afresh."""
+    resolved = str(Path(path).resolve())
+    with _memo_lock:
+        for key in [k for k in _memo if k[0] == resolved]:
+            del _memo[key]
 
 
 def known_file_digest(path: str | os.PathLike, st: os.stat_result) -> str | None:

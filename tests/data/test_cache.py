@@ -195,3 +195,10 @@ def test_a_volume_changed_while_it_was_read_is_not_indexed(tmp_path, volume, set
     original = file_hash(volume)
     assert ReductionCache(tmp_path / "cache").digest(volume) == original  # the digest of the bytes read
     assert _entries(tmp_path / "cache") == []
+
+
+def test_no_index_where_change_times_are_not_kept(tmp_path, volume, settled, monkeypatch):
+    monkeypatch.setattr(cache_mod, "change_time_reliable", lambda path: False)
+    cache = ReductionCache(tmp_path / "cache")
+    assert cache.digest(volume) == file_hash(volume)
+    assert _entries(cache.cache_dir) == []

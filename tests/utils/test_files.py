@@ -225,3 +225,30 @@ def test_pid_alive_on_windows_never_signals(monkeypatch):
     assert files.pid_alive(4243) is False  # exited, handle still open somewhere
     assert files.pid_alive(99999) is False
     assert kernel32.closed == [1000 + 4242, 1000 + 4243]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="change times are those of POSIX systems")
+@pytest.mark.parametrize(
+    "where, expected",
+    [("/data/ct/a.nii.gz", True), ("/mnt/remote/ct/a.nii.gz", False), ("/mnt/remote/local/a.nii.gz", True),
+     ("/mnt/remote", False), ("/mnt/remoteX/a", True), ("/mnt/share/a", False), ("/mnt/my dir/a", False)],
+)
+def test_change_time_reliable_by_the_mount_table(tmp_path, where, expected):
+    from monai_lessmore.utils.files import change_time_reliable
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+        "40 22 0:50 / /mnt/remote rw - fuse.sshfs host:/x rw,user_id=0\n"
+        "41 40 8:2 / /mnt/remote/local rw - xfs /dev/sdb1 rw\n"
+        "42 22 0:51 / /mnt/share rw - 9p share rw,trans=virtio\n"
+        "43 22 0:52 / /mnt/my\\040dir rw - fuse.rclone remote: rw\n"
+        "odd line\n"
+    )
+    assert change_time_reliable(where, mountinfo=mountinfo) is expected
+
+
+def test_change_time_reliable_without_a_mount_table(tmp_path):
+    from monai_lessmore.utils.files import change_time_reliable
+
+    assert change_time_reliable(tmp_path, mountinfo=tmp_path / "missing") is (os.name == "posix")
