@@ -171,6 +171,6 @@ def volume_stat(path: str | os.PathLike) -> tuple[list[list[Any]], list[os.stat_
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        key.append([os.fsdecode(f.relative_to(base)), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+        key.append([os.path.relpath(f, base), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
         stats.append(st)
     return key, stats

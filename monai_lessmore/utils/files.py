@@ -117,11 +117,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def volume_files(path: str | os.PathLike) -> list[Path]:
     """The files whose bytes make up a volume: the file itself, or every file of a folder (recursively, sorted).
 
-    A slice-folder volume addressed as ``<folder>/<volume id>`` is made of the files ``<folder>/<volume id>_*``.
+    A slice-folder volume addressed as ``<folder>/<volume id>`` is made of the files ``<folder>/<volume id>_*``; a
+    detached MetaImage or NRRD header (``.mhd``, ``.nhdr``) of itself and the data files it names
+    (:func:`detached_data_files`).
     """
     p = Path(path)
     if p.is_file():
-        return [p]
+        return [p, *detached_data_files(p)]
     if p.is_dir():
         return sorted(f for f in p.rglob("*") if f.is_file())
     if p.parent.is_dir():
@@ -132,6 +134,48 @@ def volume_files(path: str | os.PathLike) -> list[Path]:
         if members:
             return members
     raise FileNotFoundError(f"{p} does not exist (expected a volume file, a folder, or '<slice folder>/<volume id>')")
+
+
+#: the header field that names the data files of a detached header, by suffix (MetaIO; NRRD 0004+ and older)
+_DATA_FILE_FIELD = {".mhd": re.compile(r"^\s*ElementDataFile\s*=\s*(.*?)\s*$"),
+                    ".nhdr": re.compile(r"^\s*data ?file\s*:\s*(.*?)\s*$", re.IGNORECASE)}
+
+
+def detached_data_files(header: str | os.PathLike) -> list[Path]:
+    """The data files a detached MetaImage (``.mhd``: ``ElementDataFile``) or NRRD (``.nhdr``: ``data file``)
+    header names, relative to its folder: one file, a ``LIST`` of files on the lines after the field, or a
+    ``printf`` pattern with its first, last and step numbers. Empty for other files, ``LOCAL`` data and headers
+    that cannot be read (then the reader words the problem)."""
+    h = Path(header)
+    field = _DATA_FILE_FIELD.get(h.suffix.lower())
+    if field is None:
+        return []
+    try:
+        with open(h, "rb") as fh:
+            lines = fh.read(1 << 16).decode("latin-1").splitlines()
+    except OSError:
+        return []
+    for i, line in enumerate(lines):
+        m = field.match(line)
+        if m is None:
+            continue
+        value = m.group(1)
+        parts = value.split()
+        if not parts or parts[0].upper() == "LOCAL":
+            return []
+        if parts[0].upper() == "LIST":
+            names = [ln.strip() for ln in lines[i + 1:] if ln.strip()]
+        elif "%" in parts[0] and len(parts) >= 3:
+            try:
+                first, last = int(parts[1]), int(parts[2])
+                step = int(parts[3]) if len(parts) >= 4 else 1
+                names = [parts[0] % k for k in range(first, last + (1 if step > 0 else -1), step)] if step else []
+            except (ValueError, TypeError):
+                return []
+        else:
+            names = [value]
+        return [h.parent / n for n in names[:100_000]]
+    return []
 
 
 # --- temporaries of killed processes --------------------------------------------------------------------------
@@ -402,5 +446,6 @@ def content_digest(path: str | os.PathLike, *, fresh: bool = False) -> str:
     base = p if p.is_dir() else p.parent
     h = hashlib.sha256()
     for f in files:
-        h.update(str(f.relative_to(base)).encode("utf-8") + b"\0" + _file_digest(f, fresh).encode("ascii") + b"\n")
+        name = os.path.relpath(f, base)  # a detached header's data file may lie outside its folder
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0" + _file_digest(f, fresh).encode("ascii") + b"\n")
     return h.hexdigest()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from monai_lessmore.utils.files import atomic_write_bytes, atomic_write_json, content_digest, volume_files
@@ -252,3 +253,53 @@ def test_change_time_reliable_without_a_mount_table(tmp_path):
     from monai_lessmore.utils.files import change_time_reliable
 
     assert change_time_reliable(tmp_path, mountinfo=tmp_path / "missing") is (os.name == "posix")
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_a_detached_header_s_volume_includes_its_data_file(tmp_path, suffix):
+    """Editing only the data file of a .mhd/.nhdr volume changes its digest (resume and the cache rely on it)."""
+    import itk
+
+    from monai_lessmore.utils.files import content_digest, detached_data_files, volume_files
+
+    path = tmp_path / f"vol{suffix}"
+    itk.imwrite(itk.image_from_array(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)), str(path),
+                compression=False)
+    (data,) = detached_data_files(path)
+    assert data.is_file() and data.parent == tmp_path and volume_files(path) == [path, data]
+    before = content_digest(path, fresh=True)
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 1
+    data.write_bytes(bytes(raw))
+    assert content_digest(path, fresh=True) != before
+
+
+@pytest.mark.parametrize(
+    "header, names",
+    [
+        ("NDims = 3\nElementDataFile = LOCAL\n", []),
+        ("NDims = 3\nElementDataFile = LIST\na.raw\nb.raw\n\n", ["a.raw", "b.raw"]),
+        ("NDims = 3\nElementDataFile = s%03d.raw 1 3 1\n", ["s001.raw", "s002.raw", "s003.raw"]),
+        ("NDims = 3\nElementDataFile = s%d.raw 4 0 -2\n", ["s4.raw", "s2.raw", "s0.raw"]),
+        ("NDims = 3\nElementDataFile = ../raw/data file.raw\n", ["../raw/data file.raw"]),
+        ("NDims = 3\nElementDataFile = s%d.raw x y\n", []),
+        ("NDims = 3\n", []),
+    ],
+)
+def test_detached_data_files_of_a_metaimage_header(tmp_path, header, names):
+    from monai_lessmore.utils.files import detached_data_files
+
+    path = tmp_path / "v.mhd"
+    path.write_text(header)
+    assert detached_data_files(path) == [tmp_path / n for n in names]
+
+
+def test_detached_data_files_of_an_nrrd_header_and_other_files(tmp_path):
+    from monai_lessmore.utils.files import detached_data_files
+
+    nhdr = tmp_path / "v.nhdr"
+    nhdr.write_text("NRRD0004\ntype: short\ndimension: 3\ndatafile: v.raw.gz\n\n")
+    assert detached_data_files(nhdr) == [tmp_path / "v.raw.gz"]
+    other = tmp_path / "v.nii.gz"
+    other.write_bytes(b"ElementDataFile = x.raw\n")
+    assert detached_data_files(other) == [] and detached_data_files(tmp_path / "missing.mhd") == []
