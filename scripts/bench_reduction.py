@@ -127,8 +127,9 @@ def status(field):
                 return int(line.split()[1]) * 1024
 path, out = sys.argv[1], sys.argv[2]
 # warm-up on a tiny volume: every lazily imported module (torch for the int8 path, ...) is loaded before the baseline
-(tiny,) = write_phantom_dataset(tempfile.mkdtemp(), n_volumes=1, slices=(4, 4), size=16)
-process_volume(str(tiny), "warm", {"method": "hash", "threshold": 6}, out, "none", "index")
+with tempfile.TemporaryDirectory() as warm:
+    (tiny,) = write_phantom_dataset(warm, n_volumes=1, slices=(4, 4), size=16)
+    process_volume(str(tiny), "warm", {"method": "hash", "threshold": 6}, out, "none", "index")
 with open("/proc/self/clear_refs", "w") as fh:  # reset the peak resident size (VmHWM) to the current one
     fh.write("5")
 base = status("VmRSS")
