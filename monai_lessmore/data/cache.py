@@ -69,7 +69,9 @@ class ReductionCache:
         self.cache_dir = Path(cache_dir)
         if self.cache_dir.exists() and not self.cache_dir.is_dir():
             raise ValueError(f"cache_dir {self.cache_dir} exists and is not a directory; choose another path")
-        self.stat_index = bool(stat_index) and os.name == "posix"
+        if not isinstance(stat_index, bool):  # a config's "false" would otherwise count as True
+            raise ValueError(f"stat_index must be True or False, got {stat_index!r}")
+        self.stat_index = stat_index and os.name == "posix"
 
     def entry_path(self, digest: str, params: dict[str, Any]) -> Path:
         return self.cache_dir / digest[:2] / f"{digest}-{params_digest(params)}.json"

@@ -202,3 +202,11 @@ def test_no_index_where_change_times_are_not_kept(tmp_path, volume, settled, mon
     cache = ReductionCache(tmp_path / "cache")
     assert cache.digest(volume) == file_hash(volume)
     assert _entries(cache.cache_dir) == []
+
+
+@pytest.mark.parametrize("bad", ["false", 0, None])
+def test_stat_index_must_be_a_bool(tmp_path, bad):
+    with pytest.raises(ValueError, match="stat_index must be True or False"):
+        ReductionCache(tmp_path / "cache", stat_index=bad)
+    with pytest.raises(ValueError, match="stat_index must be True or False"):
+        SliceReductionFilter(cache_dir=str(tmp_path / "cache"), cache_stat_index=bad)

@@ -376,7 +376,8 @@ def test_a_streamed_file_whose_digest_is_known_is_not_hashed_again(tmp_path, rng
     assert vol.streamed
     np.testing.assert_array_equal(vol.array, load_nifti(path).array)
     assert _wait_for_no_reader_threads() == []
-    assert files.content_digest(path) == digest
+    monkeypatch.setattr(files, "file_hash", lambda p: pytest.fail("the digest was forgotten"))
+    assert files.content_digest(path) == digest  # still the one taken before, not read again
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])
