@@ -52,10 +52,15 @@ def reduce_volume_file(
 
     params = {**reducer.params(), "order": order}
     digest = None
-    if cache is not None:  # its stat index gives the digest of a volume seen before without reading it
-        digest = cache.digest(source)
-    elif slice_store_dir is not None:
-        digest = content_digest(source)
+    try:
+        if cache is not None:  # its stat index gives the digest of a volume seen before without reading it
+            digest = cache.digest(source)
+        elif slice_store_dir is not None:
+            digest = content_digest(source)
+    except OSError:
+        if os.path.exists(source):  # a file of the volume is missing or unreadable (e.g. the .raw a .mhd names):
+            load_volume(str(source), order=order, lazy=True)  # the reader's error names it and the fix
+        raise
     store = None
     if slice_store_dir is not None and detect_volume_kind(source)[0] in _STORED_KINDS:
         key = params_digest(params)[:12]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from monai_lessmore.data import ReductionCache, SliceReductionFilter
 from monai_lessmore.data import cache as cache_mod
+from monai_lessmore.io import VolumeReadError
 from monai_lessmore.phantom import write_phantom_dataset
 from monai_lessmore.utils.files import content_digest, file_hash
 
@@ -210,3 +212,14 @@ def test_stat_index_must_be_a_bool(tmp_path, bad):
         ReductionCache(tmp_path / "cache", stat_index=bad)
     with pytest.raises(ValueError, match="stat_index must be True or False"):
         SliceReductionFilter(cache_dir=str(tmp_path / "cache"), cache_stat_index=bad)
+
+
+def test_a_detached_header_whose_data_file_is_missing_gets_the_reader_s_error(tmp_path):
+    import itk
+
+    path = tmp_path / "v.mhd"
+    itk.imwrite(itk.image_from_array(np.zeros((4, 5, 6), dtype=np.int16)), str(path), compression=False)
+    (tmp_path / "v.raw").unlink()
+    f = SliceReductionFilter(cache_dir=str(tmp_path / "cache"), on_error="raise")
+    with pytest.raises(VolumeReadError, match=r"(?s)v\.mhd.*data file it points to"):
+        f([{"image": str(path)}])
