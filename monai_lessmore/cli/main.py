@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from monai_lessmore.cli.args import positive_seconds
+# light imports only: the parser is built, and the first volume of `lessmore reduce` starts being read
+# (monai_lessmore.cli.readahead), before numpy and nibabel are imported
+from monai_lessmore.cli.args import METHOD_NAMES, SLICE_ORDERS, positive_seconds
 from monai_lessmore.cli.bundle import add_bundle_parsers, run_fetch_bundle, run_import_checkpoint, run_package_bundle
-from monai_lessmore.io.slice_folder import SLICE_ORDERS
-from monai_lessmore.reduction.methods import METHODS
 
 __all__ = ["main", "build_parser"]
 
@@ -72,7 +72,7 @@ def _hamming(text: str) -> int:
 def _add_reduction_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reduction")
     g.add_argument("--config", default=None, metavar="FILE|PRESET", help="reduction settings from a YAML/JSON file or a shipped preset (hash3, hash6, hash12, everyn10, ssim10, mi10, deepnet10; see configs/reduction); the options below override it")
-    g.add_argument("--method", default=None, choices=sorted(set(METHODS) | {"none"}), help="similarity method (default: hash)")
+    g.add_argument("--method", default=None, choices=sorted(set(METHOD_NAMES) | {"none"}), help="similarity method (default: hash)")
     g.add_argument("--threshold", type=float, default=None, help="similarity threshold, inclusive (hash: Hamming distance 0..64, default 6)")
     g.add_argument("--fraction", type=_fraction, default=None, help="keep this fraction of each volume instead, in (0, 1]")
     g.add_argument("--count", type=_positive_int, default=None, help="keep this many slices of each volume instead")
@@ -382,16 +382,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_console()
     ns = build_parser().parse_args(argv)
     if ns.command == "reduce":
+        from monai_lessmore.cli.readahead import start_reduce_readahead
+
+        read_ahead = start_reduce_readahead(ns.inputs, workers=ns.workers, distributed=ns.dask or ns.scheduler is not None)
         try:
-            reducer_args = _reducer_args(ns)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"lessmore reduce: error: --config: {exc}", file=sys.stderr)
-            return 2
-        return _run_reduce(
-            ns.inputs, ns.output, reducer_args, ns.export, ns.workers, ns.order, not ns.no_progress,
-            dask=ns.dask, scheduler=ns.scheduler, connect_timeout=ns.connect_timeout, report=ns.report,
-            verify_digests=ns.verify_digests,
-        )
+            try:
+                reducer_args = _reducer_args(ns)
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"lessmore reduce: error: --config: {exc}", file=sys.stderr)
+                return 2
+            return _run_reduce(
+                ns.inputs, ns.output, reducer_args, ns.export, ns.workers, ns.order, not ns.no_progress,
+                dask=ns.dask, scheduler=ns.scheduler, connect_timeout=ns.connect_timeout, report=ns.report,
+                verify_digests=ns.verify_digests,
+            )
+        finally:
+            if read_ahead:  # not taken (another volume came first, an error): stop it, free its buffer
+                from monai_lessmore.utils.gzstream import cancel_readaheads
+
+                cancel_readaheads()
     if ns.command == "report":
         return _run_report(
             ns.directory, methods=ns.methods, volume=ns.volume, output=ns.output, n_show=ns.slices,

@@ -190,7 +190,9 @@ def process_volume(
         The record (written to ``out_dir/records/<name>.json`` when ``write_record``).
     """
     from monai_lessmore.io import load_volume
+    from monai_lessmore.utils.gzstream import cancel_readaheads
 
+    cancel_readaheads(keep=source)  # a read-ahead of another volume (monai_lessmore.cli.readahead) is not needed now
     reducer = SliceReducer(**reducer_args)
     started = time.time()
     try:

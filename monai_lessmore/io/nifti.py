@@ -53,11 +53,13 @@ import numpy as np
 from monai_lessmore.io.orientation import apply_axial_orientation, axial_orientation, source_slice_index
 from monai_lessmore.io.volume import LazyVolume, Volume, VolumeReadError
 from monai_lessmore.utils.gzstream import (
+    MAX_INFLATE_RATIO,
     InflatingThread,
     anonymous_buffer,
     open_gzip,
     populate_in_background,
     stream_gzip_default,
+    take_readahead,
 )
 
 __all__ = [
@@ -155,9 +157,25 @@ def _stream_stored(img: Any, path: str) -> tuple[np.ndarray, _StreamedVoxels] | 
     dtype = np.dtype(proxy.dtype)
     shape = tuple(int(n) for n in proxy.shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = anonymous_buffer(nbytes)
-    populate_in_background(raw)
-    thread = InflatingThread(name, int(proxy.offset), raw)
+    offset = int(proxy.offset)
+    try:
+        stored = os.path.getsize(name)
+    except OSError:
+        stored = None  # the reading thread words it
+    if stored is not None and offset + nbytes > MAX_INFLATE_RATIO * stored:
+        # never map that much memory ahead of a read that must fail
+        raise VolumeReadError(
+            f"{path}: the header promises {nbytes} voxel bytes (shape {shape}, {dtype}), more than its {stored} "
+            "compressed bytes can hold; the file is truncated or its header is corrupt: re-download or re-export it"
+        )
+    # the same bytes already being read since the command line started (monai_lessmore.cli.readahead), if any
+    taken = take_readahead(name, offset, nbytes)
+    if taken is not None:
+        raw, thread = taken
+    else:
+        raw = anonymous_buffer(nbytes)
+        populate_in_background(raw)
+        thread = InflatingThread(name, offset, raw)
     buf = np.frombuffer(raw, dtype=np.uint8)
     return buf.view(dtype).reshape(shape, order=proxy.order), _StreamedVoxels(path, buf, thread)
 
@@ -183,6 +201,9 @@ def _read_stored(img: Any, path: str) -> np.ndarray:
                 if not got:
                     raise EOFError(f"the file ends after {done} of {nbytes} voxel bytes")
                 done += got
+            if name.lower().endswith(".gz"):
+                while fh.read(_READ_BLOCK):  # to the end: the gzip trailer's CRC-32 and length are checked
+                    pass
     except _READ_ERRORS as err:
         raise VolumeReadError(
             f"{path}: the voxel data could not be read ({type(err).__name__}: {err}); the file is truncated or "

@@ -1,0 +1,194 @@
+"""``lessmore reduce`` reads its first .nii.gz ahead while it imports: the header read with the standard library
+against nibabel's, when a read-ahead is made, taken over, refused, or stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_lessmore.cli.main import main
+from monai_lessmore.cli.readahead import nifti_gz_voxels, start_reduce_readahead
+from monai_lessmore.io import VolumeReadError
+from monai_lessmore.io.nifti import load_nifti
+from monai_lessmore.utils import gzstream
+
+
+def _reader_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.startswith(("lessmore-read", "lessmore-sha256"))]
+
+
+@pytest.fixture(autouse=True)
+def _no_readahead_left():
+    yield
+    left = dict(gzstream._READAHEADS)
+    gzstream.cancel_readaheads()
+    assert not left, "a test left a read-ahead running"
+
+
+@pytest.fixture
+def streamed(monkeypatch):
+    """Stream whatever this machine's CPUs and environment (the read-ahead is made only where the reader streams)."""
+    import monai_lessmore.io.nifti as nifti
+
+    monkeypatch.setattr(nifti, "STREAM_GZIP", True)
+    monkeypatch.setenv("LESSMORE_STREAM_GZIP", "1")
+
+
+def _volume(path, shape=(48, 40, 12), *, klass=nib.Nifti1Image, dtype=np.int16, endian="<", extension=False, shift=0):
+    data = ((np.arange(np.prod(shape)) + shift) % 251).reshape(shape).astype(dtype)
+    header = klass.header_class(endianness=endian)
+    img = klass(data, np.diag([0.8, 0.8, 2.5, 1.0]), header)
+    img.set_data_dtype(dtype)
+    if extension:
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(4, b"a comment, padded" * 20))
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "klass, dtype, endian, shape, extension",
+    [
+        (nib.Nifti1Image, np.int16, "<", (48, 40, 12), False),
+        (nib.Nifti1Image, np.float32, ">", (48, 40, 12), False),
+        (nib.Nifti1Image, np.uint8, "<", (16, 20, 7, 1), True),
+        (nib.Nifti2Image, np.float64, "<", (10, 12, 9), False),
+        (nib.Nifti2Image, np.int32, ">", (10, 12, 9), True),
+    ],
+)
+def test_the_voxels_offset_and_size_are_nibabel_s(tmp_path, klass, dtype, endian, shape, extension):
+    path = _volume(tmp_path / "v.nii.gz", shape, klass=klass, dtype=dtype, endian=endian, extension=extension)
+    proxy = nib.load(str(path)).dataobj
+    want = (int(proxy.offset), int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize)
+    assert nifti_gz_voxels(str(path)) == want
+    assert want[0] > 352 or not extension
+
+
+def test_what_is_not_plainly_a_nifti_gz_gives_none(tmp_path):
+    import gzip
+
+    nii = _volume(tmp_path / "v.nii", (8, 8, 4))
+    assert nifti_gz_voxels(str(nii)) is None  # not gzip
+    (tmp_path / "text.nii.gz").write_bytes(gzip.compress(b"not a header" * 100))
+    assert nifti_gz_voxels(str(tmp_path / "text.nii.gz")) is None
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(nii.read_bytes()[:200]))
+    assert nifti_gz_voxels(str(tmp_path / "short.nii.gz")) is None
+    assert nifti_gz_voxels(str(tmp_path / "missing.nii.gz")) is None
+
+
+def test_a_read_ahead_is_made_only_where_the_run_would_stream_its_first_input_here(tmp_path, streamed, monkeypatch):
+    path = str(_volume(tmp_path / "v.nii.gz"))
+    assert not start_reduce_readahead([path], workers=2, distributed=False)
+    assert not start_reduce_readahead([path], workers=None, distributed=True)
+    assert not start_reduce_readahead([str(tmp_path)], workers=None, distributed=False)  # a folder
+    assert not start_reduce_readahead([str(_volume(tmp_path / "p.nii"))], workers=1, distributed=False)
+    assert not gzstream._READAHEADS
+    monkeypatch.setenv("LESSMORE_STREAM_GZIP", "0")
+    assert not start_reduce_readahead([path], workers=1, distributed=False)
+    monkeypatch.setenv("LESSMORE_STREAM_GZIP", "1")
+    assert start_reduce_readahead([path], workers=1, distributed=False)
+    assert len(gzstream._READAHEADS) == 1
+    gzstream.cancel_readaheads()
+    assert not gzstream._READAHEADS
+
+
+def _run(tmp_path, out, *inputs):
+    return main(["reduce", *map(str, inputs), "--output", str(tmp_path / out), "--no-progress"])
+
+
+def _record(tmp_path, out, name):
+    return json.loads((tmp_path / out / "records" / f"{name}.json").read_text())
+
+
+def test_the_reduce_takes_the_read_ahead_over_and_gives_the_same_record(tmp_path, streamed, monkeypatch):
+    from monai_lessmore.io import nifti
+
+    path = _volume(tmp_path / "v.nii.gz", (96, 80, 40))
+    taken = []
+    real = nifti.take_readahead
+    monkeypatch.setattr(nifti, "take_readahead", lambda *a: taken.append(real(*a)) or taken[-1])
+    assert _run(tmp_path, "ahead", path) == 0
+    assert len(taken) == 1 and taken[0] is not None
+    assert _reader_threads() == [] and not gzstream._READAHEADS
+
+    monkeypatch.setenv("LESSMORE_STREAM_GZIP", "0")  # read whole, in this thread: no read-ahead either
+    monkeypatch.setattr(nifti, "STREAM_GZIP", False)
+    taken.clear()
+    assert _run(tmp_path, "plain", path) == 0
+    assert taken == []
+    ahead, plain = _record(tmp_path, "ahead", "v"), _record(tmp_path, "plain", "v")
+    for key in ("digest", "kept", "hashes", "n_slices"):
+        assert ahead[key] == plain[key]
+
+
+def test_a_file_changed_after_its_read_ahead_started_is_read_again(tmp_path, streamed):
+    path = _volume(tmp_path / "v.nii.gz", (32, 32, 8))
+    assert gzstream.start_readahead(str(path), *nifti_gz_voxels(str(path)))
+    gzstream._READAHEADS[next(iter(gzstream._READAHEADS))][1].join()  # the old voxels are all read ahead
+    _volume(path, (32, 32, 8), shift=7)  # rewritten: other voxels, as many
+    before = os.stat(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # a stat unlike the first, on any clock
+    lazy = load_nifti(path, lazy=True).array
+    assert not gzstream._READAHEADS  # the stale one was stopped, not taken
+    np.testing.assert_array_equal(lazy, load_nifti(path).array)
+
+
+def test_a_read_ahead_of_a_volume_done_before_is_stopped_before_the_next_one_is_read(tmp_path, streamed, monkeypatch):
+    import monai_lessmore.io as mio
+
+    first, second = _volume(tmp_path / "a.nii.gz", (32, 32, 8)), _volume(tmp_path / "b.nii.gz", (32, 32, 6))
+    assert _run(tmp_path, "out", first) == 0  # a is done: the next run resumes it and reduces only b
+    left = []
+    real = mio.load_volume
+    monkeypatch.setattr(mio, "load_volume", lambda *a, **k: left.append(dict(gzstream._READAHEADS)) or real(*a, **k))
+    started = []
+    real_start = gzstream.start_readahead
+    monkeypatch.setattr(gzstream, "start_readahead", lambda *a: started.append(a[0]) or real_start(*a))
+    assert _run(tmp_path, "out", first, second) == 0
+    assert started == [str(first)]
+    assert left == [{}]  # loading b, a's read-ahead was already stopped
+    assert _record(tmp_path, "out", "b")["n_slices"] == 6
+    assert _reader_threads() == []
+
+
+def test_a_header_that_promises_more_than_the_file_holds_is_refused_before_memory_is_mapped(tmp_path, streamed):
+    import gzip
+    import io
+
+    path = _volume(tmp_path / "liar.nii.gz", (16, 16, 4))
+    body = gzip.decompress(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(body))
+    header.set_data_shape((4096, 4096, 4096))  # 128 GiB of int16 promised by a file of a few KiB
+    path.write_bytes(gzip.compress(header.binaryblock + body[348:]))
+    offset, nbytes = nifti_gz_voxels(str(path))
+    assert nbytes == 2 * 4096**3  # int16
+    assert not gzstream.start_readahead(str(path), offset, nbytes)
+    with pytest.raises(VolumeReadError, match=r"liar\.nii\.gz: the header promises .*re-download"):
+        load_nifti(path, lazy=True)
+    assert _reader_threads() == []
+
+
+def test_the_command_line_parser_imports_neither_numpy_nor_nibabel():
+    code = (
+        "import sys\n"
+        "from monai_lessmore.cli.main import build_parser\n"
+        "build_parser().parse_args(['reduce', 'v.nii.gz', '--method', 'hash', '--order', 'index', '-o', 'out'])\n"
+        "print(sorted(m for m in ('numpy', 'nibabel', 'torch') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
+
+
+def test_the_parser_s_choices_are_the_methods_and_orders_of_the_readers():
+    from monai_lessmore.cli.args import METHOD_NAMES, SLICE_ORDERS
+    from monai_lessmore.io.slice_folder import SLICE_ORDERS as READER_ORDERS
+    from monai_lessmore.reduction.methods import METHODS
+
+    assert sorted(METHOD_NAMES) == sorted(METHODS)
+    assert tuple(SLICE_ORDERS) == tuple(READER_ORDERS)
