@@ -23,8 +23,10 @@ StoredStack`), and the float32 ``array`` -- equal to the eager one -- is made on
 zlib release the GIL) while the caller renders and hashes the slices that have arrived, and a second thread
 computes the file's SHA-256 from the compressed bytes read (kept by :func:`monai_lessmore.utils.files.
 remember_file_digest`, so that ``lessmore reduce`` records the digest of the bytes it reduced without reading the
-file a second time); see :mod:`monai_lessmore.utils.gzstream`. ``LESSMORE_STREAM_GZIP=0`` reads everything
-first; the voxels are the same either way. The header of a ``.nii.gz`` is read through ISA-L too
+file a second time); see :mod:`monai_lessmore.utils.gzstream`. Where ``lessmore reduce`` has already started
+inflating the file while it imported (:mod:`monai_lessmore.cli.readahead`), the reader takes that thread over,
+but only if the offset, byte count and the file's stat match. ``LESSMORE_STREAM_GZIP=0`` reads everything first;
+the voxels are the same either way. The header of a ``.nii.gz`` is read through ISA-L too
 (:func:`_gz_header_image`): ``nib.load`` opens the file twice, and with ``indexed_gzip`` installed each first read
 inflates a whole buffer (about 50 ms per file, measured, against about 1 ms).
 

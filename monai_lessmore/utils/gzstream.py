@@ -5,7 +5,9 @@ The reader of :func:`monai_lessmore.io.nifti.load_nifti` (``lazy=True``) is buil
 thread inflates the file (ISA-L's ``isal.igzip`` when installed, else the standard library's ``gzip``; both release
 the GIL while they inflate) while the caller already renders the slices that have arrived, a second hashes the
 compressed bytes it reads (SHA-256, for :func:`monai_lessmore.utils.files.content_digest`), and a third maps the
-buffer's pages ahead of the first. Plain bytes in, plain buffers out: nothing here knows NIfTI, numpy or nibabel.
+buffer's pages ahead of the first. :func:`start_readahead` starts such a thread before its reader exists (the
+command line, while it imports), and :func:`take_readahead` hands it to the reader. Plain bytes in, plain buffers
+out: nothing here knows NIfTI, numpy or nibabel.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ __all__ = [
 #: bytes inflated per step by an :class:`InflatingThread`, and compressed bytes it reads per step (ISA-L): few
 #: steps, because each one needs the GIL, which a busy main thread hands over only every few milliseconds
 #: (``sys.getswitchinterval``); small enough that the slices already there are rendered while the rest is read.
-#: Measured on one 512x512x600 int16 ``.nii.gz`` inflated while the command line's imports ran: 1.10 s with 1 MiB
+#: Measured on one 512x512x600 int16 ``.nii.gz`` inflated while the command line's imports ran: 1.11 s with 1 MiB
 #: steps and ISA-L's 512 KiB reads, 0.99 s with 8 MiB of each, against 0.89 s with nothing else running.
 PIPELINE_BLOCK = 8 << 20
 #: chunks read but not hashed yet, at most: the reading thread waits beyond that
