@@ -254,6 +254,7 @@ class InflatingThread:
         self.path, self.nbytes = path, len(buf)
         self._filled = 0
         self._error: BaseException | None = None
+        self._digest: tuple[str, os.stat_result] | None = None  # the file's SHA-256 and stat, once hashed
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._fill, args=(int(skip), weakref.ref(buf)),
@@ -299,7 +300,9 @@ class InflatingThread:
                     if done == nbytes and hashed is not None:
                         while hashed.read(PIPELINE_BLOCK):
                             pass
-                        remember_file_digest(self.path, hashed.hexdigest(), st)
+                        with self._cond:
+                            self._digest = (hashed.hexdigest(), st)
+                        remember_file_digest(self.path, *self._digest)
         except BaseException as err:  # noqa: BLE001 - handed to the caller by wait_for()
             with self._cond:
                 self._error = err
@@ -317,6 +320,15 @@ class InflatingThread:
             while self._filled < end and not self._stop.is_set():
                 self._cond.wait()
             return (True, None) if self._filled >= end else (False, self._error)
+
+    def remember_digest(self) -> None:
+        """Remember the file's SHA-256 again if this thread has hashed it already: a reader that takes a read-ahead
+        over may have made this process forget it in between (:func:`take_readahead`); a thread still reading
+        remembers it when it ends."""
+        with self._cond:
+            digest = self._digest
+        if digest is not None:
+            remember_file_digest(self.path, *digest)
 
     def close(self) -> None:
         """Stop the thread at its next block and wait for it."""
@@ -371,7 +383,11 @@ def start_readahead(path: str, skip: int, nbytes: int) -> bool:
 def take_readahead(path: str, skip: int, nbytes: int) -> tuple[Any, InflatingThread] | None:
     """The buffer and thread of a :func:`start_readahead` of exactly these bytes of ``path``, if one was started
     and the file is the same and unchanged since (device, inode, size, modification and change times), else
-    ``None``; the caller then owns them. Every other read-ahead is cancelled (the caller reads something else)."""
+    ``None``; the caller then owns them. Every other read-ahead is cancelled (the caller reads something else).
+
+    The read-ahead is this reader's read of the file, so the SHA-256 it took is the file's digest for this read
+    even where it was taken before the reader began (a read-ahead that ended while the program was still
+    importing) and the reader has since made this process forget older digests of the file."""
     try:
         key = _readahead_key(path, skip, nbytes)
     except OSError:
@@ -379,6 +395,8 @@ def take_readahead(path: str, skip: int, nbytes: int) -> tuple[Any, InflatingThr
     with _READAHEAD_LOCK:
         hit = _READAHEADS.pop(key, None) if key is not None else None
     cancel_readaheads()
+    if hit is not None:
+        hit[1].remember_digest()
     return hit
 
 

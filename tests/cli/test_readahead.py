@@ -139,6 +139,29 @@ def test_a_file_changed_after_its_read_ahead_started_is_read_again(tmp_path, str
     np.testing.assert_array_equal(lazy, load_nifti(path).array)
 
 
+def test_a_read_ahead_that_ended_before_the_reduce_began_gives_its_digest_without_a_second_read(
+    tmp_path, streamed, monkeypatch
+):
+    # a read-ahead may end while the command line is still importing (a slow machine, a small volume); the
+    # reduce then makes the process forget older digests of the file before it reads: the read-ahead's own,
+    # taken from the bytes it inflated, must survive that, or the whole file is read and hashed a second time
+    import hashlib
+
+    from monai_lessmore.cli.reduce import process_volume
+    from monai_lessmore.utils import files
+
+    path = _volume(tmp_path / "v.nii.gz", (40, 32, 10))
+    assert gzstream.start_readahead(str(path), *nifti_gz_voxels(str(path)))
+    gzstream._READAHEADS[next(iter(gzstream._READAHEADS))][1].join()  # ended, its digest remembered
+    second = []
+    monkeypatch.setattr(files, "file_hash", lambda *a, **k: second.append(a) or "0" * 64)
+    record = process_volume(str(path), "v", {"method": "hash", "threshold": 6}, str(tmp_path / "out"), "none",
+                            "index", write_record=False)
+    assert second == []
+    assert record["digest"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not gzstream._READAHEADS and _reader_threads() == []
+
+
 def test_a_read_ahead_of_a_volume_done_before_is_stopped_before_the_next_one_is_read(tmp_path, streamed, monkeypatch):
     import monai_lessmore.io as mio
 
@@ -192,3 +215,50 @@ def test_the_parser_s_choices_are_the_methods_and_orders_of_the_readers():
 
     assert sorted(METHOD_NAMES) == sorted(METHODS)
     assert tuple(SLICE_ORDERS) == tuple(READER_ORDERS)
+
+
+def test_the_command_line_reads_nifti_without_importing_pydicom_and_dicom_still_after(tmp_path):
+    # nibabel would import pydicom (and requests) only to parse DICOM-in-NIfTI extensions, which the command line
+    # never reads: it imports nibabel with pydicom held back. A DICOM series in the same run still reads, and the
+    # records are those of a process with pydicom loaded (this one)
+    from tests.io.conftest import write_series
+
+    nifti = _volume(tmp_path / "v.nii.gz", (40, 32, 10))
+    img = nib.load(str(nifti))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(2, b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" * 4))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(nifti))
+    series = tmp_path / "series"
+    write_series(series, ((np.arange(6 * 24 * 20) * 7) % 400 - 200).reshape(6, 24, 20).astype(np.int16))
+    code = (
+        "import sys\n"
+        "from monai_lessmore.cli.main import main\n"
+        f"rc = main(['reduce', {str(nifti)!r}, {str(series)!r}, '--method', 'hash', '--no-progress', '-o', "
+        f"{str(tmp_path / 'cli')!r}])\n"
+        "import nibabel.nifti1\n"
+        "print(rc, nibabel.nifti1.have_dicom, sys.modules.get('pydicom') is not None)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-3:] == ["0", "False", "True"]  # nibabel without pydicom; pydicom for the series
+
+    assert main(["reduce", str(nifti), str(series), "--method", "hash", "--no-progress", "-o",
+                 str(tmp_path / "here")]) == 0
+    assert nib.nifti1.have_dicom  # this process imported nibabel itself: untouched
+    for name in ("v", "series"):
+        cli, here = _record(tmp_path, "cli", name), _record(tmp_path, "here", name)
+        for key in ("digest", "kept", "hashes", "n_slices"):
+            assert cli[key] == here[key]
+
+
+def test_nibabel_is_imported_with_pydicom_only_where_neither_was_imported_before():
+    code = (
+        "import sys\n"
+        "{pre}\n"
+        "from monai_lessmore.cli.main import _import_nibabel_without_pydicom\n"
+        "_import_nibabel_without_pydicom()\n"
+        "import nibabel.nifti1, pydicom\n"
+        "print(nibabel.nifti1.have_dicom, type(sys.modules['pydicom']).__name__)\n"
+    )
+    for pre, want in [("", "False module"), ("import pydicom", "True module"), ("import nibabel", "True module")]:
+        res = subprocess.run([sys.executable, "-c", code.format(pre=pre)], capture_output=True, text=True, check=True)
+        assert res.stdout.strip() == want, pre
