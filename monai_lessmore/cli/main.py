@@ -391,8 +391,9 @@ def _import_nibabel_without_pydicom() -> None:
     sys.modules["pydicom"] = None  # type: ignore[assignment]  # `import pydicom` raises ImportError meanwhile
     try:
         import nibabel  # noqa: F401
-    except ImportError:  # a nibabel that cannot do without pydicom: imported as usual below
-        pass
+    except ImportError:  # a nibabel that cannot do without pydicom: imported as usual below, afresh
+        for name in [m for m in sys.modules if m == "nibabel" or m.startswith("nibabel.")]:
+            del sys.modules[name]  # its submodules imported so far saw no pydicom
     finally:
         if "pydicom" in sys.modules and sys.modules["pydicom"] is None:
             del sys.modules["pydicom"]
@@ -408,7 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "reduce":
         from monai_lessmore.cli.readahead import start_reduce_readahead
 
-        read_ahead = start_reduce_readahead(ns.inputs, workers=ns.workers, distributed=ns.dask or ns.scheduler is not None)
+        read_ahead = start_reduce_readahead(
+            ns.inputs, workers=ns.workers, distributed=ns.dask or ns.scheduler is not None, output=ns.output
+        )
         _import_nibabel_without_pydicom()
         try:
             try:

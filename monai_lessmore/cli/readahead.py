@@ -14,8 +14,9 @@ unchanged; otherwise the read-ahead is stopped and the reader reads the file its
 time, never a wrong voxel. The read-ahead is made only where the reader would stream the file anyway (two CPUs or
 more, :func:`~monai_lessmore.utils.gzstream.stream_gzip_default`), for a run in this process (one worker, no Dask),
 and only for an input given as a ``.nii.gz`` file (not a folder: which of its volumes comes first is the
-discovery's business). Whatever is not taken is stopped when the volume reduced first is another one, and at the
-end of the command.
+discovery's business), and not when the output folder holds a record of that volume already (a re-run that
+resumes would not read it; a record that turns out stale only costs the read-ahead). Whatever is not taken is
+stopped when the volume reduced first is another one, and at the end of the command.
 """
 
 from __future__ import annotations
@@ -69,15 +70,23 @@ def nifti_gz_voxels(path: str) -> tuple[int, int] | None:
     return None
 
 
-def start_reduce_readahead(inputs: Sequence[str], *, workers: int | None, distributed: bool) -> bool:
+def start_reduce_readahead(
+    inputs: Sequence[str], *, workers: int | None, distributed: bool, output: str | None = None
+) -> bool:
     """Start reading the first of ``inputs`` ahead when a ``lessmore reduce`` run of them would stream it next (see
     the module's docstring); returns whether it did. ``workers``: ``--workers`` (``None``: the default, one);
-    ``distributed``: ``--dask`` or ``--scheduler``."""
+    ``distributed``: ``--dask`` or ``--scheduler``; ``output``: ``--output``."""
     if distributed or workers not in (None, 1) or not inputs:
         return False
     first = os.fspath(inputs[0])
     if not first.lower().endswith(".nii.gz") or not os.path.isfile(first):
         return False
+    if output is not None:
+        from monai_lessmore.cli.names import possible_volume_names
+
+        records = os.path.join(os.fspath(output), "records")
+        if any(os.path.exists(os.path.join(records, f"{n}.json")) for n in possible_volume_names(first)):
+            return False
     from monai_lessmore.utils.gzstream import start_readahead, stream_gzip_default
 
     if not stream_gzip_default():

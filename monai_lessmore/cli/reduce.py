@@ -29,11 +29,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import socket
 import sys
@@ -46,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from monai_lessmore.cli.names import unique_volume_names, volume_name
 from monai_lessmore.data.cache import settled, volume_stat
 from monai_lessmore.io.discover import OUTPUT_MARKER, is_output_folder
 from monai_lessmore.io.slice_folder import resolve_slice_volume, validate_order
@@ -78,30 +77,6 @@ __all__ = [
 
 MANIFEST_COLUMNS = ("volume", "source", "slice_index", "kept", "hash")
 EXPORTS = ("none", "png", "nifti")
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-
-def volume_name(source: str | os.PathLike) -> str:
-    """A volume's name from its path: the file name without its volume suffix, the series folder's name, or the
-    volume id of ``<slice folder>/<volume id>``."""
-    name = Path(source).name
-    for suffix in _VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"[^\w.\-]+", "_", name) or "volume"
-
-
-def _unique_names(sources: Sequence[str]) -> list[str]:
-    names = [volume_name(s) for s in sources]
-    counts: dict[str, int] = {}
-    for n in names:
-        counts[n] = counts.get(n, 0) + 1
-    # a stable suffix from the path keeps the name the same on every re-run (resume relies on it)
-    return [
-        n if counts[n] == 1 else f"{n}-{hashlib.sha1(str(Path(s).resolve()).encode()).hexdigest()[:8]}"
-        for n, s in zip(names, sources)
-    ]
 
 
 def _export_png(out_dir: Path, name: str, u8: Any, kept: Iterable[int]) -> None:
@@ -672,7 +647,7 @@ class ReduceJob:
 
         start = time.perf_counter()
         sources, failures = self.discover()
-        names = _unique_names(sources)
+        names = unique_volume_names(sources)
         records: dict[str, dict[str, Any]] = {}
         todo: list[tuple[str, str]] = []
         for source, name in zip(sources, names):

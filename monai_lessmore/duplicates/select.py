@@ -65,11 +65,11 @@ def duplicates_to_drop(records: Sequence[dict[str, Any]], duplicates: Any) -> tu
     Raises:
         ValueError: an unknown option or bad value (:func:`check_duplicate_options`), or a csv file that does not exist or lacks the duplicates columns.
     """
-    from monai_lessmore.cli.reduce import _unique_names
+    from monai_lessmore.cli.names import unique_volume_names
     from monai_lessmore.duplicates.run import scope_keys
 
     sources = [str(r["source"]) for r in records]
-    names = _unique_names(sources)
+    names = unique_volume_names(sources)
     by_name = dict(zip(names, sources))
     n_slices = {n: int(r["n_slices"]) for n, r in zip(names, records)}
     if isinstance(duplicates, dict):

@@ -176,8 +176,8 @@ def _stream_stored(img: Any, path: str) -> tuple[np.ndarray, _StreamedVoxels] | 
         raw, thread = taken
     else:
         raw = anonymous_buffer(nbytes)
-        populate_in_background(raw)
         thread = InflatingThread(name, offset, raw)
+        populate_in_background(raw, ahead_of=thread)
     buf = np.frombuffer(raw, dtype=np.uint8)
     return buf.view(dtype).reshape(shape, order=proxy.order), _StreamedVoxels(path, buf, thread)
 

@@ -52,6 +52,10 @@ HASH_QUEUE = 4
 _MADV_POPULATE_WRITE = 23
 #: bytes populated per ``madvise`` call by :func:`populate_in_background`
 POPULATE_STEP = 16 << 20
+#: the most bytes :func:`populate_in_background` maps beyond those its :class:`InflatingThread` has filled: the
+#: mapping runs about eight times as fast as ISA-L inflates (0.08 s against 0.6-0.7 s for 300 MiB), so it stays
+#: ahead; a header that promises gigabytes the file does not hold then costs this much more than the bytes it has
+POPULATE_AHEAD = 64 << 20
 
 
 def stream_gzip_default(cpus: int | None = None) -> bool:
@@ -218,19 +222,37 @@ def _madvise() -> Any:
     return fn
 
 
-def populate_in_background(buf: Any) -> None:
+def populate_in_background(buf: Any, ahead_of: "InflatingThread | None" = None) -> threading.Thread:
     """Map the pages of ``buf`` from its start in a thread of its own, ahead of the thread that inflates into it:
     a fresh page costs a fault and zeroing wherever it is first written; here that work leaves the critical path
     (measured, 300 MiB: inflating 0.61 s into mapped pages against 0.72-0.76 s into fresh ones; mapping them
-    0.08 s). The thread holds ``buf`` until it ends, so the memory is never unmapped under it."""
-    nbytes = len(buf)
+    0.08 s).
+
+    With ``ahead_of`` (the :class:`InflatingThread` filling ``buf``) it maps at most :data:`POPULATE_AHEAD` bytes
+    beyond those filled, and stops when that thread ends or nothing else holds ``buf``: a damaged file whose
+    header promises far more voxels than it holds fails after the bytes it has, without all the promised memory
+    being taken first. It holds ``buf`` only while it maps, so the memory is never unmapped under it.
+    Returns the thread (a daemon).
+    """
+    nbytes, buf_ref = len(buf), weakref.ref(buf)
 
     def run() -> None:
         for start in range(0, nbytes, POPULATE_STEP):
-            if not populate(buf, start, min(nbytes, start + POPULATE_STEP)):
+            stop = min(nbytes, start + POPULATE_STEP)
+            if ahead_of is not None and not ahead_of.wait_for(max(0, stop - POPULATE_AHEAD))[0]:
+                return  # the inflating thread ended early (an error, closed)
+            held = buf_ref()
+            if held is None:
                 return
+            try:
+                if not populate(held, start, stop):
+                    return
+            finally:
+                del held
 
-    threading.Thread(target=run, name="lessmore-populate", daemon=True).start()
+    thread = threading.Thread(target=run, name="lessmore-populate", daemon=True)
+    thread.start()
+    return thread
 
 
 class InflatingThread:
@@ -370,8 +392,8 @@ def start_readahead(path: str, skip: int, nbytes: int) -> bool:
     if nbytes <= 0 or skip < 0 or nbytes + skip > MAX_INFLATE_RATIO * key[2]:
         return False
     buf = anonymous_buffer(nbytes)
-    populate_in_background(buf)
     thread = InflatingThread(path, skip, buf)
+    populate_in_background(buf, ahead_of=thread)
     with _READAHEAD_LOCK:
         old = _READAHEADS.pop(key, None)
         _READAHEADS[key] = (buf, thread)

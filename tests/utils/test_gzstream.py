@@ -121,6 +121,73 @@ def test_mapping_the_pages_ahead_keeps_what_was_written():
     assert gzstream.populate(buf, 10, 10) is False  # an empty range: nothing to do
 
 
+def _resident_bytes(buf) -> int:
+    """Bytes of the page-aligned buffer ``buf`` that are mapped in memory (Linux's ``mincore``)."""
+    import ctypes
+    import mmap
+
+    pages = -(-len(buf) // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    mincore = ctypes.CDLL(None, use_errno=True).mincore
+    mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    assert mincore(gzstream.buffer_address(buf), len(buf), vec) == 0, os.strerror(ctypes.get_errno())
+    return sum(v & 1 for v in vec) * mmap.PAGESIZE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page mapping ahead and mincore are Linux's")
+def test_pages_are_mapped_only_a_bounded_way_ahead_of_the_bytes_a_file_holds(tmp_path, monkeypatch):
+    """A header that promises far more voxels than its file holds: the mapping stops near the bytes that came."""
+    if not gzstream.populate(anonymous_buffer(4096), 0, 4096):
+        pytest.skip("no MADV_POPULATE_WRITE here (Linux before 5.14): nothing is mapped ahead")
+    monkeypatch.setattr(gzstream, "POPULATE_STEP", 1 << 20)
+    monkeypatch.setattr(gzstream, "POPULATE_AHEAD", 4 << 20)
+    held = 3 << 20
+    path = tmp_path / "short.gz"
+    path.write_bytes(gzip.compress(np.random.default_rng(1).integers(0, 256, held, dtype=np.uint8).tobytes(), 1))
+    promised = 64 << 20
+
+    control = anonymous_buffer(promised)  # mapped ahead with no inflating thread to pace it: every page
+    gzstream.populate_in_background(control).join(timeout=60)
+    assert _resident_bytes(control) == promised
+
+    buf = anonymous_buffer(promised)
+    thread = InflatingThread(str(path), 0, buf)
+    mapper = gzstream.populate_in_background(buf, ahead_of=thread)
+    ok, err = thread.wait_for(promised)
+    assert not ok and isinstance(err, EOFError)
+    mapper.join(timeout=60)
+    assert not mapper.is_alive()
+    assert held <= _resident_bytes(buf) <= held + (4 << 20) + (1 << 20)
+
+
+def test_the_page_mapping_thread_holds_no_buffer_while_it_waits_and_stops_once_it_is_gone(monkeypatch):
+    import weakref
+
+    monkeypatch.setattr(gzstream, "POPULATE_STEP", 1 << 20)
+    monkeypatch.setattr(gzstream, "POPULATE_AHEAD", 1 << 20)
+
+    class Paced:  # an inflating thread that has filled nothing yet, until `go`
+        def __init__(self):
+            self.asked, self.go = threading.Event(), threading.Event()
+
+        def wait_for(self, end):
+            if end > 0:
+                self.asked.set()
+                self.go.wait(60)
+            return True, None
+
+    pace = Paced()
+    buf = anonymous_buffer(8 << 20)
+    alive = weakref.ref(buf)
+    mapper = gzstream.populate_in_background(buf, ahead_of=pace)
+    assert pace.asked.wait(60)  # the first step is mapped; the second waits for bytes to arrive
+    del buf  # a caller that gave up
+    assert alive() is None  # the waiting thread did not keep 8 MiB alive
+    pace.go.set()
+    mapper.join(timeout=60)
+    assert not mapper.is_alive()
+
+
 def test_the_hashing_thread_hashes_in_order_and_a_failure_never_blocks_the_reader():
     data = bytes(range(256)) * 5000
     reader = HashingReader(io.BytesIO(data))
