@@ -38,7 +38,8 @@ _ITEMSIZE = {
 def nifti_gz_voxels(path: str) -> tuple[int, int] | None:
     """``(offset, nbytes)`` of the voxels of the single-file NIfTI-1 or NIfTI-2 ``.nii.gz`` ``path``: where they
     start in the inflated file and how many bytes they take, from its header (either byte order). ``None`` when
-    the file is not plainly that, or cannot be read; nothing here raises."""
+    the file is not plainly that, is not one 3D volume (2D, several time points), or cannot be read; nothing here
+    raises."""
     from monai_lessmore.utils.gzstream import open_gzip
 
     try:
@@ -64,8 +65,8 @@ def nifti_gz_voxels(path: str) -> tuple[int, int] | None:
         if code not in _ITEMSIZE or not 1 <= ndim <= 7 or not math.isfinite(offset) or offset < size:
             return None
         shape = dim[1 : ndim + 1]
-        if any(n < 1 for n in shape):
-            return None
+        if any(n < 1 for n in shape) or len(shape) < 3 or any(n != 1 for n in shape[3:]):
+            return None  # not one 3D volume: the reader refuses it before it reads a voxel
         return int(offset), math.prod(shape) * _ITEMSIZE[code]
     return None
 

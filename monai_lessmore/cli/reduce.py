@@ -165,11 +165,14 @@ def process_volume(
         The record (written to ``out_dir/records/<name>.json`` when ``write_record``).
     """
     from monai_lessmore.io import load_volume
-    from monai_lessmore.utils.gzstream import cancel_readaheads
+    from monai_lessmore.utils.gzstream import cancel_readaheads, readahead_started
 
     cancel_readaheads(keep=source)  # a read-ahead of another volume (monai_lessmore.cli.readahead) is not needed now
     reducer = SliceReducer(**reducer_args)
     started = time.time()
+    ahead = readahead_started(source)  # a read-ahead of this file that the reader may take: the read began then
+    if ahead is not None:
+        started = min(started, ahead)
     try:
         before = volume_stat(source)
     except OSError:

@@ -175,7 +175,13 @@ def _stream_stored(img: Any, path: str) -> tuple[np.ndarray, _StreamedVoxels] | 
     if taken is not None:
         raw, thread = taken
     else:
-        raw = anonymous_buffer(nbytes)
+        try:
+            raw = anonymous_buffer(nbytes)
+        except (OSError, MemoryError, OverflowError) as err:
+            raise VolumeReadError(
+                f"{path}: no memory for its {nbytes} voxel bytes (shape {shape}, {dtype}): {err}; free memory or raise "
+                "the process's limit (ulimit -v), or re-export the file if that shape is wrong"
+            ) from err
         thread = InflatingThread(name, offset, raw)
         populate_in_background(raw, ahead_of=thread)
     buf = np.frombuffer(raw, dtype=np.uint8)

@@ -21,6 +21,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "start_readahead",
     "take_readahead",
     "cancel_readaheads",
+    "readahead_started",
 ]
 
 #: bytes inflated per step by an :class:`InflatingThread`, and compressed bytes it reads per step (ISA-L): few
@@ -274,6 +276,8 @@ class InflatingThread:
 
     def __init__(self, path: str, skip: int, buf: Any) -> None:
         self.path, self.nbytes = path, len(buf)
+        #: wall-clock time before the file was opened: when this read began
+        self.started = time.time()
         self._filled = 0
         self._error: BaseException | None = None
         self._digest: tuple[str, os.stat_result] | None = None  # the file's SHA-256 and stat, once hashed
@@ -322,9 +326,10 @@ class InflatingThread:
                     if done == nbytes and hashed is not None:
                         while hashed.read(PIPELINE_BLOCK):
                             pass
+                        digest = (hashed.hexdigest(), st)  # waits for the hashing thread: not under the lock
                         with self._cond:
-                            self._digest = (hashed.hexdigest(), st)
-                        remember_file_digest(self.path, *self._digest)
+                            self._digest = digest
+                        remember_file_digest(self.path, *digest)
         except BaseException as err:  # noqa: BLE001 - handed to the caller by wait_for()
             with self._cond:
                 self._error = err
@@ -372,7 +377,11 @@ _READAHEAD_LOCK = threading.Lock()
 
 
 def _readahead_key(path: str, skip: int, nbytes: int) -> tuple:
-    st = os.stat(path)
+    fd = os.open(path, os.O_RDONLY)  # the stat of an open file: NFS revalidates a file's attributes when it is opened
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, int(skip), int(nbytes))
 
 
@@ -381,9 +390,10 @@ def start_readahead(path: str, skip: int, nbytes: int) -> bool:
     buffer (:class:`InflatingThread`, pages mapped ahead by :func:`populate_in_background`), for a reader to take
     over later with :func:`take_readahead`; e.g. while the rest of a program is still being imported.
 
-    Returns False, starting nothing, when the file cannot be read, ``nbytes`` is not positive, or the file is too
-    small to inflate to that many bytes (:data:`MAX_INFLATE_RATIO`). A read-ahead nobody takes holds its buffer
-    until :func:`cancel_readaheads`.
+    Returns False, starting nothing, when the file cannot be read, ``nbytes`` is not positive, the file is too
+    small to inflate to that many bytes (:data:`MAX_INFLATE_RATIO`), or the memory cannot be mapped or a thread
+    cannot start (a ``ulimit -v``, no overcommit): the reader then reads the file itself and words any error with its
+    name. A read-ahead nobody takes holds its buffer until :func:`cancel_readaheads`.
     """
     try:
         key = _readahead_key(path, skip, nbytes)
@@ -391,9 +401,18 @@ def start_readahead(path: str, skip: int, nbytes: int) -> bool:
         return False
     if nbytes <= 0 or skip < 0 or nbytes + skip > MAX_INFLATE_RATIO * key[2]:
         return False
-    buf = anonymous_buffer(nbytes)
-    thread = InflatingThread(path, skip, buf)
-    populate_in_background(buf, ahead_of=thread)
+    try:
+        buf = anonymous_buffer(nbytes)
+    except (OSError, MemoryError, OverflowError, ValueError):
+        return False
+    try:
+        thread = InflatingThread(path, skip, buf)
+    except RuntimeError:  # no thread can start
+        return False
+    try:
+        populate_in_background(buf, ahead_of=thread)
+    except RuntimeError:
+        pass  # inflating into pages not mapped ahead: slower, the same bytes
     with _READAHEAD_LOCK:
         old = _READAHEADS.pop(key, None)
         _READAHEADS[key] = (buf, thread)
@@ -420,6 +439,19 @@ def take_readahead(path: str, skip: int, nbytes: int) -> tuple[Any, InflatingThr
     if hit is not None:
         hit[1].remember_digest()
     return hit
+
+
+def readahead_started(path: str) -> float | None:
+    """The wall-clock time at which a read-ahead of the file ``path`` not taken yet began (the earliest, if several),
+    or ``None``: a reader that takes it over began reading then, not when it took it (e.g. for
+    :func:`monai_lessmore.data.cache.settled`)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    with _READAHEAD_LOCK:
+        times = [t.started for k, (_b, t) in _READAHEADS.items() if k[:2] == (st.st_dev, st.st_ino)]
+    return min(times, default=None)
 
 
 def cancel_readaheads(keep: str | None = None) -> None:

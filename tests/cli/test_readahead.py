@@ -80,6 +80,9 @@ def test_what_is_not_plainly_a_nifti_gz_gives_none(tmp_path):
     (tmp_path / "short.nii.gz").write_bytes(gzip.compress(nii.read_bytes()[:200]))
     assert nifti_gz_voxels(str(tmp_path / "short.nii.gz")) is None
     assert nifti_gz_voxels(str(tmp_path / "missing.nii.gz")) is None
+    # valid NIfTI, but not one 3D volume: the reader refuses them before it reads a voxel, so nothing is read ahead
+    for shape in ((8, 8), (8, 8, 4, 3)):
+        assert nifti_gz_voxels(str(_volume(tmp_path / f"d{len(shape)}.nii.gz", shape))) is None
 
 
 def test_a_read_ahead_is_made_only_where_the_run_would_stream_its_first_input_here(tmp_path, streamed, monkeypatch):
@@ -122,6 +125,62 @@ def test_no_read_ahead_of_a_volume_the_output_folder_has_a_record_of(tmp_path, s
     (tmp_path / "out2" / "records" / f"{names[0]}.json").write_text("{}")
     assert not start_reduce_readahead([path], workers=1, distributed=False, output=str(tmp_path / "out2"))
     assert not gzstream._READAHEADS
+
+
+def test_no_memory_for_a_read_ahead_leaves_the_run_to_the_reader(tmp_path, streamed, monkeypatch):
+    # e.g. under `ulimit -v`: the read-ahead gives up quietly; the reader words the error, naming the file, and the
+    # other volumes are reduced
+    import monai_lessmore.io.nifti as nifti
+
+    big, good = _volume(tmp_path / "big.nii.gz", (32, 32, 8)), _volume(tmp_path / "good.nii.gz", (16, 16, 4))
+    nbytes = nifti_gz_voxels(str(big))[1]
+
+    real = gzstream.anonymous_buffer
+
+    def anonymous_buffer(n):
+        if n == nbytes:
+            raise OSError(12, "Cannot allocate memory")
+        return real(n)
+
+    monkeypatch.setattr(gzstream, "anonymous_buffer", anonymous_buffer)
+    monkeypatch.setattr(nifti, "anonymous_buffer", anonymous_buffer)
+    assert not start_reduce_readahead([str(big)], workers=1, distributed=False)
+    assert not gzstream._READAHEADS
+    assert _run(tmp_path, "out", big, good) == 1  # one volume failed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert _record(tmp_path, "out", "good")["n_slices"] == 4
+    failed = json.dumps(summary)
+    assert "big.nii.gz" in failed and "no memory for its" in failed and "ulimit -v" in failed
+
+
+def test_a_taken_read_ahead_counts_as_the_read_s_start_for_trusting_the_file_s_stat(tmp_path, streamed, monkeypatch):
+    # a resumed run trusts a record's stat only if the read began long enough after the file's last change; a
+    # read-ahead began the read before the reduce did
+    import time
+
+    from monai_lessmore.cli.reduce import process_volume
+    from monai_lessmore.data import cache
+    from monai_lessmore.utils.files import change_time_reliable
+
+    if os.name != "posix" or not change_time_reliable(str(tmp_path)):
+        pytest.skip("no reliable change times here: no record stat is ever trusted")
+    monkeypatch.setattr(cache, "SETTLED_SECONDS", 1.0)
+    path = str(_volume(tmp_path / "fresh.nii.gz", (32, 32, 8)))
+    assert gzstream.start_readahead(path, *nifti_gz_voxels(path))  # begins at once after the write
+    time.sleep(1.3)  # the imports, discovery, other volumes: the file has settled by the time the reduce begins
+    taken = []
+    real = gzstream.take_readahead
+    import monai_lessmore.io.nifti as nifti
+
+    monkeypatch.setattr(nifti, "take_readahead", lambda *a: taken.append(real(*a)) or taken[-1])
+    record = process_volume(path, "fresh", {"method": "hash"}, str(tmp_path / "o"), "none", "index", write_record=False)
+    assert taken and taken[0] is not None
+    assert record["source_stat"] is None  # the read began 0 s, not 1.3 s, after the last change
+    # the same file read ahead after it has settled is trusted
+    time.sleep(0.1)
+    assert gzstream.start_readahead(path, *nifti_gz_voxels(path))
+    record = process_volume(path, "fresh", {"method": "hash"}, str(tmp_path / "o"), "none", "index", write_record=False)
+    assert record["source_stat"] is not None
 
 
 def _run(tmp_path, out, *inputs):
